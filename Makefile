@@ -1,0 +1,41 @@
+# Two commands on a fresh Debian/Ubuntu machine: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps run test lint typecheck bench bench-smoke clean
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: system-deps $(STAMP)
+
+run: install
+	$(BIN)/courierflow run examples/orders.csv --report-json .courierflow/last-run.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: install lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-smoke: install
+	$(BIN)/python -m bench.run --smoke
+
+clean:
+	-$(BIN)/courierflow down
+	rm -rf .courierflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""Settings read from the environment, with every default in one place.
+
+Handlers, the manager and the CLI build ``Settings.from_env()`` once at their edge and
+pass what they need down. Service endpoints are not settings of ours: boto3 reads
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL_LAMBDA`` / ``AWS_ENDPOINT_URL_SQS`` itself,
+which is how the same code talks to AWS or to the local stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the broker a fresh RabbitMQ install answers on
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
+#: the queue orders are published to
+DEFAULT_QUEUE = "orders"
+#: the function the manager invokes once per order
+DEFAULT_DELIVERY_FUNCTION = "lambda_delivery"
+#: the lab's region
+DEFAULT_REGION = "us-east-1"
+#: the local state folder (ledger, logs, pids), relative to the working directory
+DEFAULT_HOME = ".courierflow"
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything courierflow's own code reads from the environment."""
+
+    #: where the broker is (``amqp://`` or ``amqps://``)
+    amqp_url: str = DEFAULT_AMQP_URL
+    #: name of the order queue
+    queue: str = DEFAULT_QUEUE
+    #: ``sqlite:///path/to/ledger.db`` or ``dynamodb://TABLE``
+    ledger_url: str = ""
+    #: function invoked per order
+    delivery_function: str = DEFAULT_DELIVERY_FUNCTION
+    region: str = DEFAULT_REGION
+    #: delivery delay range in seconds, as in the lab: random.randint(2, 10)
+    delay_min: int = 2
+    delay_max: int = 10
+    #: multiplies every delay; 0.01 makes a 10 s trip take 0.1 s (tests, benchmarks)
+    time_scale: float = 1.0
+    #: fraction of deliveries that fail on purpose (fault injection)
+    fail_rate: float = 0.0
+    #: local state folder
+    home: Path = Path(DEFAULT_HOME)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("COURIERFLOW_HOME") or DEFAULT_HOME).absolute()
+        return cls(
+            amqp_url=env.get("COURIERFLOW_AMQP_URL") or DEFAULT_AMQP_URL,
+            queue=env.get("COURIERFLOW_QUEUE") or DEFAULT_QUEUE,
+            ledger_url=env.get("COURIERFLOW_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}",
+            delivery_function=env.get("COURIERFLOW_DELIVERY_FUNCTION")
+            or DEFAULT_DELIVERY_FUNCTION,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            delay_min=_int(env, "COURIERFLOW_DELAY_MIN", 2),
+            delay_max=_int(env, "COURIERFLOW_DELAY_MAX", 10),
+            time_scale=_float(env, "COURIERFLOW_TIME_SCALE", 1.0),
+            fail_rate=_float(env, "COURIERFLOW_FAIL_RATE", 0.0),
+            home=home,
+        )

@@ -1,0 +1,46 @@
+"""One error tree for the whole package.
+
+Library exceptions (pika, botocore, sqlite3) are converted to these at the edge of
+the module that talks to the library, so callers only ever see ``CourierflowError``.
+"""
+
+from __future__ import annotations
+
+
+class CourierflowError(Exception):
+    """Base of every error courierflow raises on purpose."""
+
+
+class ConfigError(CourierflowError):
+    """Raised when a setting is missing or malformed (an unknown URL scheme, say)."""
+
+
+class UnreadableFileError(CourierflowError):
+    """Raised when an uploaded file cannot be read as CSV at all; nothing is published.
+
+    The message names the file and the reason, and says what to do next.
+    """
+
+
+class TransportError(CourierflowError):
+    """Raised when the queue cannot be reached or refuses an operation."""
+
+
+class ConnectionLost(TransportError):
+    """Raised when the broker connection dropped; the caller may reconnect and retry."""
+
+
+class PublishError(TransportError):
+    """Raised when the broker did not confirm (or negatively confirmed) a message."""
+
+
+class LedgerError(CourierflowError):
+    """Raised when the order ledger cannot be read or written."""
+
+
+class InvokeError(CourierflowError):
+    """Raised when Lambda did not accept an invocation after the bounded retries."""
+
+
+class StackError(CourierflowError):
+    """Raised when the local stack cannot be started, found or stopped."""

@@ -1,0 +1,187 @@
+"""The order ledger: what happened to every order and every file.
+
+A backend implements the primitives below; each state change is a conditional write,
+so two attempts racing for the same order cannot both win. The SQLite backend is the
+embedded default; the DynamoDB backend is what runs on AWS.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from courierflow.orders import OrderState
+
+
+class FileState(str, Enum):
+    """Where the processing of one uploaded object is."""
+
+    #: the publisher is reading and publishing it
+    PROCESSING = "processing"
+    #: every row was read; valid ones published and confirmed
+    DONE = "done"
+    #: refused as a whole (not CSV, no order_id column, ...); nothing published
+    REFUSED = "refused"
+
+
+class ClaimResult(str, Enum):
+    """Outcome of a delivery attempt's claim on an order."""
+
+    #: this attempt owns the order and must deliver it
+    CLAIMED = "claimed"
+    #: the order is already delivered: skip, count a duplicate
+    ALREADY_DELIVERED = "already_delivered"
+    #: another live attempt holds the claim: skip, count a duplicate
+    IN_PROGRESS = "in_progress"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """One order's row in the ledger. Times are Unix seconds (float) or None."""
+
+    order_id: str
+    state: OrderState
+    source: str = ""
+    queued_at: float | None = None
+    dispatched_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    request_id: str = ""
+    delay_s: float | None = None
+    attempts: int = 0
+    duplicates: int = 0
+    reason: str = ""
+    claim_expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One processed object, keyed by (bucket, key, etag)."""
+
+    bucket: str
+    key: str
+    etag: str
+    state: FileState
+    rows: int = 0
+    published: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    error: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def source(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class Ledger(ABC):
+    """Interface of a ledger backend. Every method is safe to call from many processes."""
+
+    # --- files (idempotent ingestion) -------------------------------------------------
+
+    @abstractmethod
+    def begin_file(self, bucket: str, key: str, etag: str, now: float) -> bool:
+        """Record that processing of this object version started.
+
+        Returns False when the same (bucket, key, etag) was already begun, so a duplicate
+        notification publishes nothing twice. Must be idempotent.
+        """
+
+    @abstractmethod
+    def finish_file(
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        state: FileState,
+        *,
+        rows: int,
+        published: int,
+        rejected: int,
+        skipped: int = 0,
+        error: str = "",
+        now: float,
+    ) -> None:
+        """Store the outcome of processing one object."""
+
+    @abstractmethod
+    def get_file(self, bucket: str, key: str, etag: str | None = None) -> FileRecord | None:
+        """The latest record of this object (of this etag, when given)."""
+
+    # --- orders --------------------------------------------------------------------------
+
+    @abstractmethod
+    def add_queued(self, order_ids: Sequence[str], source: str, now: float) -> list[str]:
+        """Record orders as queued unless the ledger knows them already.
+
+        Returns the ids that were new. An order already delivered is left alone (a
+        re-upload never re-delivers); a failed one is reset to queued so it can go again.
+        """
+
+    @abstractmethod
+    def mark_dispatched(self, order_id: str, now: float) -> None:
+        """The manager handed the order to Lambda. Never moves an order backwards."""
+
+    @abstractmethod
+    def claim_delivery(
+        self, order_id: str, request_id: str, lease_s: float, now: float
+    ) -> ClaimResult:
+        """Conditionally move the order to delivering for this attempt.
+
+        Succeeds when the order is unknown, queued, dispatched, failed, or delivering with
+        an expired claim. A duplicate attempt gets ALREADY_DELIVERED or IN_PROGRESS and its
+        duplicate is counted.
+        """
+
+    @abstractmethod
+    def complete_delivery(
+        self, order_id: str, request_id: str, delay_s: float, started: float, finished: float
+    ) -> bool:
+        """Mark delivered, only if this request still holds the claim. Returns success."""
+
+    @abstractmethod
+    def mark_failed(self, order_id: str, reason: str, now: float) -> None:
+        """Give up on an order that is not delivered, keeping the reason."""
+
+    @abstractmethod
+    def get_order(self, order_id: str) -> OrderRecord | None:
+        """One order's record."""
+
+    @abstractmethod
+    def orders(self, source: str | None = None) -> list[OrderRecord]:
+        """All orders, or those of one file (``s3://bucket/key``)."""
+
+    @abstractmethod
+    def stuck(self, states: Iterable[OrderState], older_than: float) -> list[OrderRecord]:
+        """Orders in one of ``states`` whose last change is older than ``older_than``."""
+
+    def counts(self, source: str | None = None) -> dict[OrderState, int]:
+        """Number of orders per state (every state present, zeros included)."""
+        result = dict.fromkeys(OrderState, 0)
+        for record in self.orders(source):
+            result[record.state] += 1
+        return result
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def open_ledger(url: str) -> Ledger:
+    """Open the backend a ledger URL names: ``sqlite:///path`` or ``dynamodb://table``."""
+    from courierflow.errors import ConfigError
+
+    if url.startswith("sqlite:///"):
+        from courierflow.ledger.sqlite import SQLiteLedger
+
+        return SQLiteLedger(url.removeprefix("sqlite:///"))
+    if url.startswith("dynamodb://"):
+        from courierflow.ledger.dynamodb import DynamoDBLedger
+
+        return DynamoDBLedger(url.removeprefix("dynamodb://"))
+    raise ConfigError(
+        f"unknown ledger URL {url!r}: use sqlite:///PATH or dynamodb://TABLE "
+        "(set COURIERFLOW_LEDGER_URL)"
+    )
