@@ -41,6 +41,8 @@ class Settings:
 
     #: where the broker is (``amqp://`` or ``amqps://``)
     amqp_url: str = DEFAULT_AMQP_URL
+    #: where orders are queued: the AMQP URL for RabbitMQ (SQS URLs come with the SQS transport)
+    queue_url: str = DEFAULT_AMQP_URL
     #: name of the order queue
     queue: str = DEFAULT_QUEUE
     #: ``sqlite:///path/to/ledger.db`` or ``dynamodb://TABLE``
@@ -62,12 +64,13 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("COURIERFLOW_HOME") or DEFAULT_HOME).absolute()
+        amqp_url = env.get("COURIERFLOW_AMQP_URL") or DEFAULT_AMQP_URL
         return cls(
-            amqp_url=env.get("COURIERFLOW_AMQP_URL") or DEFAULT_AMQP_URL,
+            amqp_url=amqp_url,
+            queue_url=env.get("COURIERFLOW_QUEUE_URL") or amqp_url,
             queue=env.get("COURIERFLOW_QUEUE") or DEFAULT_QUEUE,
             ledger_url=env.get("COURIERFLOW_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}",
-            delivery_function=env.get("COURIERFLOW_DELIVERY_FUNCTION")
-            or DEFAULT_DELIVERY_FUNCTION,
+            delivery_function=env.get("COURIERFLOW_DELIVERY_FUNCTION") or DEFAULT_DELIVERY_FUNCTION,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
             delay_min=_int(env, "COURIERFLOW_DELAY_MIN", 2),
             delay_max=_int(env, "COURIERFLOW_DELAY_MAX", 10),

@@ -115,10 +115,10 @@ class Ledger(ABC):
 
     @abstractmethod
     def add_queued(self, order_ids: Sequence[str], source: str, now: float) -> list[str]:
-        """Record orders as queued unless the ledger knows them already.
+        """Record orders as queued and return the ids that should be published.
 
-        Returns the ids that were new. An order already delivered is left alone (a
-        re-upload never re-delivers); a failed one is reset to queued so it can go again.
+        An order already delivered is left alone and not returned (a re-upload never
+        re-delivers); any other known order is moved back to queued under this source.
         """
 
     @abstractmethod
@@ -141,6 +141,20 @@ class Ledger(ABC):
         self, order_id: str, request_id: str, delay_s: float, started: float, finished: float
     ) -> bool:
         """Mark delivered, only if this request still holds the claim. Returns success."""
+
+    @abstractmethod
+    def release_claim(self, order_id: str, request_id: str, reason: str, now: float) -> None:
+        """Give back this request's claim after a failed attempt (state back to dispatched),
+        keeping the reason, so Lambda's retry or the reconciler can take the order again."""
+
+    @abstractmethod
+    def touch(self, order_ids: Sequence[str], now: float) -> None:
+        """Reset the last-change time of orders (the reconciler re-dispatched them)."""
+
+    @abstractmethod
+    def forget_file(self, bucket: str, key: str, etag: str) -> None:
+        """Drop a file record so the same object can be processed again (after a crash
+        left it in processing)."""
 
     @abstractmethod
     def mark_failed(self, order_id: str, reason: str, now: float) -> None:

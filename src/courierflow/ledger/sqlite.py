@@ -1,0 +1,309 @@
+"""The embedded ledger: one SQLite file shared by publisher, manager and deliveries.
+
+WAL mode lets readers run beside the one writer; every state change is a single
+conditional statement, so racing processes cannot both win. Connections are opened
+lazily per process and thread, because Lambda environments are forked from a parent
+that may have imported (but must not share) the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from courierflow.errors import LedgerError
+from courierflow.ledger.base import ClaimResult, FileRecord, FileState, Ledger, OrderRecord
+from courierflow.orders import OrderState
+
+#: how long a writer waits for the lock before giving up (many deliveries write at once)
+BUSY_TIMEOUT_MS = 60_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    order_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    queued_at REAL, dispatched_at REAL, started_at REAL, finished_at REAL,
+    request_id TEXT NOT NULL DEFAULT '',
+    delay_s REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    claim_expires_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_source ON orders(source);
+CREATE INDEX IF NOT EXISTS orders_state ON orders(state, updated_at);
+CREATE TABLE IF NOT EXISTS files (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, etag TEXT NOT NULL,
+    state TEXT NOT NULL,
+    rows INTEGER NOT NULL DEFAULT 0, published INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    started_at REAL, finished_at REAL,
+    PRIMARY KEY (bucket, key, etag)
+);
+"""
+
+# The claim: a new attempt may take the order when nobody delivered it, nobody holds a
+# live claim on it, or the claim is its own (Lambda retries an event with its request id).
+_CLAIMABLE = (
+    "orders.state IN ('queued', 'dispatched', 'failed')"
+    " OR (orders.state = 'delivering' AND orders.claim_expires_at < :now)"
+    " OR (orders.state = 'delivering' AND orders.request_id = :rid)"
+)
+
+_ORDER_COLUMNS = (
+    "order_id, state, source, queued_at, dispatched_at, started_at, finished_at, request_id,"
+    " delay_s, attempts, duplicates, reason, claim_expires_at"
+)
+
+
+class SQLiteLedger(Ledger):
+    """Ledger in a SQLite file (created with its folder on first use)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                )
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.executescript(SCHEMA)
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot open ledger {self.path}: {exc}") from None
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise LedgerError(f"ledger {self.path}: {exc}") from None
+
+    def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local = threading.local()
+
+    # --- files -------------------------------------------------------------------------
+
+    def begin_file(self, bucket: str, key: str, etag: str, now: float) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO files (bucket, key, etag, state, started_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (bucket, key, etag, FileState.PROCESSING.value, now),
+            )
+            return cur.rowcount == 1
+
+    def finish_file(
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        state: FileState,
+        *,
+        rows: int,
+        published: int,
+        rejected: int,
+        skipped: int = 0,
+        error: str = "",
+        now: float,
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE files SET state = ?, rows = ?, published = ?, rejected = ?, skipped = ?,"
+                " error = ?, finished_at = ? WHERE bucket = ? AND key = ? AND etag = ?",
+                (state.value, rows, published, rejected, skipped, error, now, bucket, key, etag),
+            )
+
+    def forget_file(self, bucket: str, key: str, etag: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM files WHERE bucket = ? AND key = ? AND etag = ?", (bucket, key, etag)
+            )
+
+    def get_file(self, bucket: str, key: str, etag: str | None = None) -> FileRecord | None:
+        sql = (
+            "SELECT bucket, key, etag, state, rows, published, rejected, skipped, error,"
+            " started_at, finished_at FROM files WHERE bucket = ? AND key = ?"
+        )
+        params: list[object] = [bucket, key]
+        if etag is not None:
+            sql += " AND etag = ?"
+            params.append(etag)
+        rows = self._read(sql + " ORDER BY started_at DESC LIMIT 1", params)
+        if not rows:
+            return None
+        b, k, e, state, n_rows, published, rejected, skipped, error, started, finished = rows[0]
+        return FileRecord(
+            b,
+            k,
+            e,
+            FileState(state),
+            n_rows,
+            published,
+            rejected,
+            skipped,
+            error,
+            started,
+            finished,
+        )
+
+    # --- orders ------------------------------------------------------------------------
+
+    def add_queued(self, order_ids: Sequence[str], source: str, now: float) -> list[str]:
+        to_publish: list[str] = []
+        with self._write() as conn:
+            for order_id in order_ids:
+                cur = conn.execute(
+                    "INSERT INTO orders (order_id, state, source, queued_at, updated_at)"
+                    " VALUES (:id, 'queued', :src, :now, :now)"
+                    " ON CONFLICT (order_id) DO UPDATE SET state = 'queued', source = :src,"
+                    " queued_at = :now, updated_at = :now, reason = ''"
+                    " WHERE orders.state != 'delivered'",
+                    {"id": order_id, "src": source, "now": now},
+                )
+                if cur.rowcount == 1:
+                    to_publish.append(order_id)
+        return to_publish
+
+    def mark_dispatched(self, order_id: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO orders (order_id, state, dispatched_at, updated_at)"
+                " VALUES (:id, 'dispatched', :now, :now)"
+                " ON CONFLICT (order_id) DO UPDATE SET state = 'dispatched',"
+                " dispatched_at = :now, updated_at = :now"
+                " WHERE orders.state IN ('queued', 'dispatched')",
+                {"id": order_id, "now": now},
+            )
+
+    def claim_delivery(
+        self, order_id: str, request_id: str, lease_s: float, now: float
+    ) -> ClaimResult:
+        params = {"id": order_id, "rid": request_id, "now": now, "exp": now + lease_s}
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO orders (order_id, state, request_id, started_at, claim_expires_at,"
+                " attempts, updated_at) VALUES (:id, 'delivering', :rid, :now, :exp, 1, :now)"
+                " ON CONFLICT (order_id) DO UPDATE SET state = 'delivering', request_id = :rid,"
+                " started_at = :now, claim_expires_at = :exp, attempts = orders.attempts + 1,"
+                f" updated_at = :now, reason = '' WHERE {_CLAIMABLE}",
+                params,
+            )
+            if cur.rowcount == 1:
+                return ClaimResult.CLAIMED
+            conn.execute(
+                "UPDATE orders SET duplicates = duplicates + 1 WHERE order_id = :id", params
+            )
+            state = conn.execute("SELECT state FROM orders WHERE order_id = :id", params).fetchone()
+        if state and state[0] == OrderState.DELIVERED.value:
+            return ClaimResult.ALREADY_DELIVERED
+        return ClaimResult.IN_PROGRESS
+
+    def release_claim(self, order_id: str, request_id: str, reason: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE orders SET state = 'dispatched', claim_expires_at = NULL, reason = ?,"
+                " updated_at = ? WHERE order_id = ? AND state = 'delivering' AND request_id = ?",
+                (reason, now, order_id, request_id),
+            )
+
+    def complete_delivery(
+        self, order_id: str, request_id: str, delay_s: float, started: float, finished: float
+    ) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE orders SET state = 'delivered', delay_s = ?, started_at = ?,"
+                " finished_at = ?, claim_expires_at = NULL, updated_at = ?"
+                " WHERE order_id = ? AND state = 'delivering' AND request_id = ?",
+                (delay_s, started, finished, finished, order_id, request_id),
+            )
+            return cur.rowcount == 1
+
+    def mark_failed(self, order_id: str, reason: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO orders (order_id, state, reason, finished_at, updated_at)"
+                " VALUES (:id, 'failed', :reason, :now, :now)"
+                " ON CONFLICT (order_id) DO UPDATE SET state = 'failed', reason = :reason,"
+                " finished_at = :now, updated_at = :now WHERE orders.state != 'delivered'",
+                {"id": order_id, "reason": reason, "now": now},
+            )
+
+    def get_order(self, order_id: str) -> OrderRecord | None:
+        rows = self._read(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE order_id = ?", (order_id,))
+        return _order(rows[0]) if rows else None
+
+    def orders(self, source: str | None = None) -> list[OrderRecord]:
+        if source is None:
+            rows = self._read(f"SELECT {_ORDER_COLUMNS} FROM orders ORDER BY order_id")
+        else:
+            rows = self._read(
+                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE source = ? ORDER BY order_id",
+                (source,),
+            )
+        return [_order(row) for row in rows]
+
+    def counts(self, source: str | None = None) -> dict[OrderState, int]:
+        result = dict.fromkeys(OrderState, 0)
+        if source is None:
+            rows = self._read("SELECT state, COUNT(*) FROM orders GROUP BY state")
+        else:
+            rows = self._read(
+                "SELECT state, COUNT(*) FROM orders WHERE source = ? GROUP BY state", (source,)
+            )
+        for state, count in rows:
+            result[OrderState(state)] = count
+        return result
+
+    def stuck(self, states: Iterable[OrderState], older_than: float) -> list[OrderRecord]:
+        wanted = [s.value for s in states]
+        marks = ", ".join("?" for _ in wanted)
+        rows = self._read(
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE state IN ({marks}) AND updated_at < ?"
+            " ORDER BY updated_at",
+            (*wanted, older_than),
+        )
+        return [_order(row) for row in rows]
+
+    def touch(self, order_ids: Sequence[str], now: float) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE orders SET updated_at = ? WHERE order_id = ?",
+                [(now, order_id) for order_id in order_ids],
+            )
+
+
+def _order(row: tuple) -> OrderRecord:
+    return OrderRecord(row[0], OrderState(row[1]), *row[2:])

@@ -1,0 +1,100 @@
+"""The queue seam: what publisher and manager need from a transport, nothing more.
+
+A transport publishes batches with confirmation and consumes with explicit ack/reject.
+Library errors never leave a transport module; callers see ``courierflow.errors``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One order on its way to the queue."""
+
+    body: bytes
+    order_id: str
+    #: stable id derived from the order, so a re-publish carries the same id
+    message_id: str
+
+
+class Delivery(ABC):
+    """One message handed to a consumer. ``ack`` and ``reject`` are safe from any thread."""
+
+    body: bytes
+    #: how many times the broker handed this message out before (0 on first delivery)
+    delivery_count: int = 0
+
+    @abstractmethod
+    def ack(self) -> None:
+        """The work is safely handed on: the broker may forget the message."""
+
+    @abstractmethod
+    def reject(self, requeue: bool) -> None:
+        """Give the message back (``requeue``) or dead-letter it (``requeue=False``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered message as `courierflow dlq list` shows it."""
+
+    order_id: str
+    reason: str
+    attempts: int
+    body: bytes = field(repr=False)
+
+
+class Transport(ABC):
+    """A queue of orders. One instance per process; consumers may ack from worker threads."""
+
+    @abstractmethod
+    def publish(self, messages: Iterable[OutgoingMessage]) -> int:
+        """Publish every message and return once the broker confirmed them all.
+
+        Publishing is pipelined (many messages in flight). On a lost connection the
+        transport reconnects with backoff and re-publishes what was not confirmed, so a
+        message may reach the queue twice, never zero times. Returns the number confirmed.
+
+        Raises:
+            PublishError: the broker refused messages, or reconnecting failed for good.
+        """
+
+    @abstractmethod
+    def consume(
+        self, on_message: Callable[[Delivery], None], prefetch: int, stop: threading.Event
+    ) -> None:
+        """Call ``on_message`` for each message until ``stop`` is set, reconnecting on loss.
+
+        At most ``prefetch`` messages are unacknowledged at once. Messages not acked
+        when a connection dies are redelivered by the broker.
+        """
+
+    @abstractmethod
+    def depth(self) -> int:
+        """Messages ready in the queue (not counting those handed out and unacked)."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """Look at dead-lettered messages without removing them."""
+
+    @abstractmethod
+    def replay_dead_letters(self, order_id: str | None = None) -> int:
+        """Move dead letters (all, or one order's) back to the queue; return how many."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def open_transport(url: str, queue: str) -> Transport:
+    """The transport a queue URL names (``amqp://``/``amqps://`` for RabbitMQ)."""
+    from courierflow.errors import ConfigError
+
+    if url.startswith(("amqp://", "amqps://")):
+        from courierflow.transports.rabbitmq import RabbitMQTransport
+
+        return RabbitMQTransport(url, queue)
+    raise ConfigError(f"unknown queue URL {url!r}: use amqp://user:pass@host:5672/vhost")
