@@ -2,27 +2,339 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from courierflow.aws import cli as aws_cli
+from courierflow.config import Settings
+from courierflow.errors import CourierflowError
+from courierflow.ledger.base import open_ledger
+from courierflow.local import runner, stack
 from courierflow.local.lambda_service import cli as lambda_cli
+from courierflow.logs import setup_logging
+from courierflow.orders import OrderState
+from courierflow.report.summary import RunSummary
 
 app = typer.Typer(
     help=(
         "courierflow: event-driven order processing (S3 -> publisher Lambda -> RabbitMQ -> "
         "manager -> a delivery Lambda per order), on AWS or on one machine.\n\n"
-        "Start here: `courierflow run examples/orders.csv` runs the whole system locally."
+        "Start here: `courierflow run examples/orders.csv` runs the whole system locally "
+        "and prints what happened to every order."
     ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
 )
 app.add_typer(lambda_cli.app, name="lambda")
 app.add_typer(aws_cli.app, name="aws")
 aws_cli.register(app)
+dlq_app = typer.Typer(help="Dead-lettered orders: look at them, put them back after a fix.")
+app.add_typer(dlq_app, name="dlq")
+console = Console(stderr=True)
+
+Fleet = Annotated[
+    int, typer.Option(help="Concurrent delivery environments (the courier fleet).", min=1)
+]
+TimeScale = Annotated[
+    float, typer.Option(help="Multiplies delivery delays: 0.01 turns 2-10 s into 20-100 ms.")
+]
+FailRate = Annotated[
+    float, typer.Option(help="Fraction of orders whose delivery fails (fault injection).")
+]
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _running_stack(settings: Settings) -> stack.StackInfo:
+    info = stack.load(settings.home)
+    if info is None or not info.alive():
+        raise CourierflowError(
+            f"no local stack is running from {settings.home}: start one with `courierflow up`"
+        )
+    return info
+
+
+def _use_stack_env(info: stack.StackInfo) -> Settings:
+    os.environ.update(info.client_env())
+    return Settings.from_env()
+
+
+@app.command()
+def up(
+    fleet: Fleet = 128,
+    time_scale: TimeScale = 1.0,
+    fail_rate: FailRate = 0.0,
+    managers: Annotated[int, typer.Option(help="Manager processes consuming the queue.")] = 1,
+) -> None:
+    """Start the local stack: RabbitMQ, moto (S3, SQS), the Lambda service, the manager."""
+    options = stack.StackOptions(
+        fleet=fleet, time_scale=time_scale, fail_rate=fail_rate, managers=managers
+    )
+    with console.status("starting the local stack (RabbitMQ takes ~20 s on first start)"):
+        info = stack.up(_settings(), options)
+    _print_stack(info)
+
+
+def _print_stack(info: stack.StackInfo) -> None:
+    table = Table(title="courierflow local stack", show_header=False)
+    table.add_row("RabbitMQ", info.amqp_url.split("@")[-1])
+    table.add_row("S3 / SQS (moto)", info.moto_url)
+    table.add_row("Lambda API", info.lambda_url)
+    table.add_row("bucket", info.bucket)
+    table.add_row("ledger", info.ledger_url)
+    table.add_row("logs", f"{info.home}/logs, `courierflow lambda logs lambda_delivery`")
+    console.print(table)
+    console.print("Point boto3 or the AWS CLI at it with:")
+    for key, value in info.client_env().items():
+        if key.startswith("AWS_ENDPOINT") or key == "COURIERFLOW_AMQP_URL":
+            console.print(f"  export {key}={value}")
+
+
+@app.command()
+def down() -> None:
+    """Stop what `courierflow up` started, and nothing else."""
+    stopped = stack.down(_settings().home)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="CSV file of orders (see README: CSV schema).")],
+    report_json: Annotated[
+        Path | None, typer.Option(help="Also write the summary as JSON here.")
+    ] = None,
+    fleet: Fleet = 128,
+    time_scale: TimeScale = 1.0,
+    fail_rate: FailRate = 0.0,
+    stall_timeout: Annotated[
+        float, typer.Option(help="Seconds without progress before remaining orders count lost.")
+    ] = 180.0,
+    keep_up: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
+) -> None:
+    """Run FILE through the whole system on this machine and report every order.
+
+    Brings the local stack up (or uses the one running), uploads FILE to the bucket,
+    shows progress until every order is delivered or failed, and prints a summary.
+    Exits non-zero if any order was lost or failed.
+    """
+    settings = _settings()
+    if not file.is_file():
+        raise CourierflowError(f"{file}: no such file")
+    info = stack.load(settings.home)
+    started_here = info is None or not info.alive()
+    if started_here:
+        options = stack.StackOptions(fleet=fleet, time_scale=time_scale, fail_rate=fail_rate)
+        with console.status("starting the local stack (RabbitMQ takes ~20 s on first start)"):
+            info = stack.up(settings, options)
+    assert info is not None
+    try:
+        summary = _upload_and_follow(info, file, stall_timeout)
+    finally:
+        if started_here and not keep_up:
+            stack.down(settings.home)
+    _print_summary(summary)
+    if report_json:
+        report_json.parent.mkdir(parents=True, exist_ok=True)
+        report_json.write_text(json.dumps(summary.to_json(), indent=2))
+        console.print(f"summary written to {report_json}")
+    if summary.lost or summary.failed or summary.refused:
+        raise typer.Exit(1)
+
+
+def _upload_and_follow(info: stack.StackInfo, file: Path, stall_timeout: float) -> RunSummary:
+    settings = _use_stack_env(info)
+    ledger = open_ledger(settings.ledger_url)
+    started = time.time()
+    key, etag = runner.upload(info, file)
+    columns = (
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bars:
+        tasks = {
+            name: bars.add_task(name, total=None, note="")
+            for name in ("published", "dispatched", "delivered")
+        }
+
+        def show(p: runner.Progress) -> None:
+            c = p.counts
+            total = p.file.published if p.file and p.file.state.value != "processing" else None
+            delivered = c[OrderState.DELIVERED]
+            on_road = c[OrderState.DELIVERING]
+            dispatched = delivered + on_road + c[OrderState.DISPATCHED] + c[OrderState.FAILED]
+            bars.update(tasks["published"], completed=p.total, total=total or p.total or None)
+            bars.update(tasks["dispatched"], completed=dispatched, total=total)
+            note = f"in flight {on_road}, failed {c[OrderState.FAILED]}"
+            bars.update(tasks["delivered"], completed=delivered, total=total, note=note)
+
+        return runner.follow(ledger, info.bucket, key, etag, started, stall_timeout, show)
+
+
+def _print_summary(s: RunSummary) -> None:
+    table = Table(title=f"run summary: {s.file}", show_header=False)
+    rows = [
+        ("rows read", s.rows),
+        ("rejected", s.rejected),
+        ("published", s.published),
+        ("already delivered (left alone)", s.skipped),
+        ("delivered", s.delivered),
+        ("failed", s.failed),
+        ("unaccounted for (lost)", s.lost),
+        ("duplicate deliveries skipped", s.duplicates),
+        ("makespan", f"{s.makespan_s:.2f} s"),
+        ("peak concurrent deliveries", s.peak_concurrency),
+        ("throughput", f"{s.throughput_per_s:.1f} deliveries/s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    if s.refused:
+        console.print(f"[red]file refused:[/red] {s.refused}")
+    if s.rejected:
+        console.print(
+            f"rejected rows are listed in s3://{stack.BUCKET}/rejects/ (line, reason, row)"
+        )
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="CSV file of orders.")],
+    wait: Annotated[bool, typer.Option(help="Follow the orders until they finish.")] = True,
+) -> None:
+    """Upload FILE to the running local stack (`courierflow up`)."""
+    info = _running_stack(_settings())
+    if wait:
+        summary = _upload_and_follow(info, file, 180.0)
+        _print_summary(summary)
+        if summary.lost or summary.failed:
+            raise typer.Exit(1)
+    else:
+        key, _ = runner.upload(info, file)
+        console.print(f"uploaded s3://{info.bucket}/{key}")
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option(help="Keep refreshing every second.")] = False,
+) -> None:
+    """Orders by state, from the ledger (and failures with their reasons)."""
+    settings = _settings()
+    info = stack.load(settings.home)
+    if info is not None:
+        settings = _use_stack_env(info)
+    ledger = open_ledger(settings.ledger_url)
+
+    def render() -> Table:
+        counts = ledger.counts()
+        table = Table(title="orders by state")
+        table.add_column("state")
+        table.add_column("orders", justify="right")
+        for state, n in counts.items():
+            table.add_row(state.value, str(n))
+        return table
+
+    if not watch:
+        console.print(render())
+        failed = [r for r in ledger.orders() if r.state is OrderState.FAILED]
+        for record in failed[:50]:
+            console.print(f"[red]failed[/red] {record.order_id}: {record.reason}")
+        return
+    with Live(render(), console=console, refresh_per_second=2) as live:
+        while True:
+            time.sleep(1)
+            live.update(render())
+
+
+@app.command()
+def manager(
+    workers: Annotated[int, typer.Option(help="Invoke calls in flight at once.")] = 64,
+    prefetch: Annotated[int, typer.Option(help="Unacked messages the broker hands us.")] = 256,
+) -> None:
+    """Consume the order queue and invoke `lambda_delivery` once per order (runs on EC2).
+
+    Settings come from the environment: COURIERFLOW_AMQP_URL, COURIERFLOW_QUEUE,
+    COURIERFLOW_LEDGER_URL, AWS_ENDPOINT_URL_LAMBDA (unset on AWS). Stops cleanly on
+    SIGTERM/SIGINT after settling what is in flight.
+    """
+    from courierflow.manager.service import serve
+
+    setup_logging()
+    serve(_settings(), workers=workers, prefetch=prefetch)
+
+
+@app.command()
+def reconcile(
+    every: Annotated[float, typer.Option(help="Seconds between passes; 0 runs one pass.")] = 5.0,
+    stuck_after: Annotated[float, typer.Option(help="Seconds before an order is stuck.")] = 60.0,
+    failure_queue: Annotated[str, typer.Option(help="On-failure destination queue URL.")] = "",
+) -> None:
+    """Find orders stuck past a deadline and re-dispatch them; record final failures."""
+    from courierflow.local.reconcile_loop import run_loop
+
+    setup_logging()
+    run_loop(_settings(), every, stuck_after, failure_queue)
+
+
+@dlq_app.command("list")
+def dlq_list() -> None:
+    """Dead-lettered orders with their reason and attempt count."""
+    from courierflow.transports.base import open_transport
+
+    settings = _settings()
+    info = stack.load(settings.home)
+    if info is not None:
+        settings = _use_stack_env(info)
+    ledger = open_ledger(settings.ledger_url)
+    table = Table(title=f"dead letters of {settings.queue}")
+    for col in ("order", "broker reason", "attempts", "ledger reason"):
+        table.add_column(col)
+    letters = open_transport(settings.queue_url, settings.queue).dead_letters()
+    for letter in letters:
+        record = ledger.get_order(letter.order_id)
+        table.add_row(
+            letter.order_id, letter.reason, str(letter.attempts), record.reason if record else ""
+        )
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    order: Annotated[str | None, typer.Option(help="Only this order id.")] = None,
+) -> None:
+    """Put dead-lettered orders back on the queue (after fixing the cause)."""
+    from courierflow.transports.base import open_transport
+
+    settings = _settings()
+    info = stack.load(settings.home)
+    if info is not None:
+        settings = _use_stack_env(info)
+    moved = open_transport(settings.queue_url, settings.queue).replay_dead_letters(order)
+    console.print(f"replayed {moved} message(s)")
 
 
 def main() -> None:
-    app()
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        app()
+    except CourierflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -324,17 +324,18 @@ class RabbitMQTransport(Transport):
             try:
                 self._consume_once(on_message, prefetch, stop)
                 return
+            except TransportError as exc:
+                if "refused the credentials" in str(exc):
+                    raise
             except (ConnectionLost, pika.exceptions.AMQPError) as exc:
+                # A consumer is a long-running service: it keeps trying, with capped backoff.
                 failures += 1
-                if failures > MAX_CONNECT_ATTEMPTS:
-                    raise ConnectionLost(f"gave up on RabbitMQ at {self._where()}: {exc}") from None
-                pause = backoff(failures)
+                pause = backoff(min(failures, MAX_CONNECT_ATTEMPTS))
                 log.warning(
-                    "RabbitMQ connection lost (%s); reconnecting in %.1f s [%d/%d]",
+                    "RabbitMQ connection lost (%s); reconnecting in %.1f s (attempt %d)",
                     exc,
                     pause,
                     failures,
-                    MAX_CONNECT_ATTEMPTS,
                 )
                 stop.wait(pause)
 

@@ -1,0 +1,31 @@
+"""The scheduled reconciler (EventBridge rate(1 minute) on AWS): one pass per invocation.
+Deployable as ``courierflow.functions.reconciler.lambda_handler``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any
+
+import boto3
+
+from courierflow.config import Settings
+from courierflow.ledger.base import open_ledger
+from courierflow.logs import setup_logging
+from courierflow.reconciler import Reconciler
+
+setup_logging()
+_settings = Settings.from_env()
+_reconciler = Reconciler(
+    ledger=open_ledger(_settings.ledger_url),
+    lambda_client=boto3.client("lambda", region_name=_settings.region),
+    function_name=_settings.delivery_function,
+    stuck_after_s=float(os.environ.get("COURIERFLOW_STUCK_AFTER_S", "300")),
+    sqs=boto3.client("sqs", region_name=_settings.region),
+    failure_queue_url=os.environ.get("COURIERFLOW_FAILURE_QUEUE_URL", ""),
+)
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Run one reconciliation pass and return what it did."""
+    return asdict(_reconciler.run_once())

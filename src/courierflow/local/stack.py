@@ -1,0 +1,300 @@
+"""The whole system on one machine: `courierflow up` / `down`.
+
+Real parts, each a child process on 127.0.0.1: RabbitMQ (one already answering at
+COURIERFLOW_AMQP_URL, or a private node), moto's server for S3 and SQS, the local Lambda
+service with both functions, the manager and the reconciler loop. The bucket notifies an
+SQS queue, whose event source mapping invokes `lambda_order_publisher`, as on AWS.
+
+The code under test reaches all of them only through boto3's standard endpoint variables
+and the AMQP URL, which ``StackInfo.client_env()`` provides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import boto3
+import pika
+import pika.exceptions
+
+from courierflow.config import Settings
+from courierflow.errors import StackError
+from courierflow.local.processes import (
+    ManagedProcess,
+    free_port,
+    pid_alive,
+    spawn,
+    start_moto_server,
+    start_rabbitmq,
+    stop_pid,
+)
+
+log = logging.getLogger(__name__)
+
+#: the upload bucket and the queue its notifications go to
+BUCKET = "courierflow-orders"
+UPLOAD_QUEUE = "courierflow-uploads"
+#: where deliveries that failed after Lambda's retries are sent (on-failure destination)
+FAILURE_QUEUE = "courierflow-delivery-failures"
+#: the stack's description, under the state folder
+STACK_FILE = "stack.json"
+PUBLISHER = "lambda_order_publisher"
+DELIVERY = "lambda_delivery"
+
+
+@dataclass
+class StackOptions:
+    """What `courierflow up` can be asked for."""
+
+    #: concurrent delivery environments (the courier fleet; Lambda's reserved concurrency)
+    fleet: int = 128
+    #: multiplies the delivery delays (1.0 = the lab's 2-10 s)
+    time_scale: float = 1.0
+    delay_min: int = 2
+    delay_max: int = 10
+    fail_rate: float = 0.0
+    #: Lambda's async retry delays, in seconds (AWS: about 1 and 2 minutes)
+    retry_delays: str = "1,2"
+    #: seconds between reconciler passes, and how old a stuck order must be
+    reconcile_every_s: float = 5.0
+    stuck_after_s: float = 60.0
+    managers: int = 1
+    keep_ledger: bool = False
+
+
+@dataclass
+class StackInfo:
+    """A running stack, as written to ``stack.json``."""
+
+    home: str
+    amqp_url: str
+    moto_url: str
+    lambda_url: str
+    bucket: str = BUCKET
+    upload_queue_url: str = ""
+    failure_queue_url: str = ""
+    ledger_url: str = ""
+    options: dict[str, object] = field(default_factory=dict)
+    #: name -> pid of every process this stack started, in start order
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def client_env(self) -> dict[str, str]:
+        """Environment that points boto3 and courierflow at this stack."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.moto_url,
+            "AWS_ENDPOINT_URL_SQS": self.moto_url,
+            "AWS_ENDPOINT_URL_LAMBDA": self.lambda_url,
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "COURIERFLOW_AMQP_URL": self.amqp_url,
+            "COURIERFLOW_LEDGER_URL": self.ledger_url,
+            "COURIERFLOW_HOME": self.home,
+        }
+
+    def alive(self) -> bool:
+        return bool(self.pids) and all(pid_alive(pid) for pid in self.pids.values())
+
+
+def load(home: Path) -> StackInfo | None:
+    """The stack described under ``home``, if its file exists."""
+    try:
+        return StackInfo(**json.loads((home / STACK_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise StackError(
+            f"{home / STACK_FILE} is damaged ({exc}); run `courierflow down`"
+        ) from None
+
+
+def broker_answers(url: str) -> bool:
+    params = pika.URLParameters(url)
+    params.connection_attempts = 1
+    params.socket_timeout = 2
+    try:
+        pika.BlockingConnection(params).close()
+    except pika.exceptions.AMQPError:
+        return False
+    return True
+
+
+def up(settings: Settings, options: StackOptions | None = None) -> StackInfo:
+    """Start every part; on any failure stop what was started and raise StackError."""
+    options = options or StackOptions()
+    home = settings.home
+    existing = load(home)
+    if existing is not None and existing.alive():
+        raise StackError(f"a stack is already running from {home}; `courierflow down` first")
+    if existing is not None:
+        down(home)
+    home.mkdir(parents=True, exist_ok=True)
+    ledger_path = home / "ledger.db"
+    if not options.keep_ledger:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{ledger_path}{suffix}").unlink(missing_ok=True)
+    started: list[tuple[str, int]] = []
+    try:
+        info = _start(settings, options, home, ledger_path, started)
+    except BaseException:
+        for _name, pid in reversed(started):
+            stop_pid(pid)
+        raise
+    (home / STACK_FILE).write_text(json.dumps(asdict(info), indent=2))
+    return info
+
+
+def _start(
+    settings: Settings,
+    options: StackOptions,
+    home: Path,
+    ledger_path: Path,
+    started: list[tuple[str, int]],
+) -> StackInfo:
+    if broker_answers(settings.amqp_url):
+        amqp_url = settings.amqp_url
+        log.info("using the RabbitMQ answering at %s", settings.amqp_url.split("@")[-1])
+    else:
+        node = start_rabbitmq(home / "rabbitmq")
+        started += [("epmd", node.epmd.pid), ("rabbitmq", node.broker.pid)]
+        amqp_url = node.amqp_url
+    moto = start_moto_server(home)
+    started.append(("moto", moto.pid))
+    moto_url = f"http://127.0.0.1:{moto.port}"
+    upload_q, failure_q = _create_aws_resources(moto_url)
+    info = StackInfo(
+        home=str(home),
+        amqp_url=amqp_url,
+        moto_url=moto_url,
+        lambda_url="",
+        upload_queue_url=upload_q,
+        failure_queue_url=failure_q,
+        ledger_url=f"sqlite:///{ledger_path}",
+        options=asdict(options),
+    )
+    lambda_port = free_port()
+    info.lambda_url = f"http://127.0.0.1:{lambda_port}"
+    env = {**os.environ, **info.client_env(), **_function_env(options)}
+    service = _start_lambda_service(home, lambda_port, info, options, env)
+    started.append(("lambda", service.pid))
+    for i in range(options.managers):
+        manager = spawn(
+            f"manager-{i}", [*_courierflow(), "manager"], home / "logs" / f"manager-{i}.log", env
+        )
+        started.append((f"manager-{i}", manager.pid))
+    reconciler = spawn(
+        "reconciler",
+        [
+            *_courierflow(),
+            "reconcile",
+            "--every",
+            str(options.reconcile_every_s),
+            "--stuck-after",
+            str(options.stuck_after_s),
+            "--failure-queue",
+            failure_q,
+        ],
+        home / "logs" / "reconciler.log",
+        env,
+    )
+    started.append(("reconciler", reconciler.pid))
+    info.pids = dict(started)
+    return info
+
+
+def _courierflow() -> list[str]:
+    exe = shutil.which("courierflow", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "courierflow.cli"]
+
+
+def _function_env(options: StackOptions) -> dict[str, str]:
+    return {
+        "COURIERFLOW_TIME_SCALE": str(options.time_scale),
+        "COURIERFLOW_DELAY_MIN": str(options.delay_min),
+        "COURIERFLOW_DELAY_MAX": str(options.delay_max),
+        "COURIERFLOW_FAIL_RATE": str(options.fail_rate),
+    }
+
+
+def _create_aws_resources(moto_url: str) -> tuple[str, str]:
+    """The bucket, its notification to the upload queue, and the failure queue."""
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=moto_url, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    upload_q = sqs.create_queue(QueueName=UPLOAD_QUEUE, Attributes={"VisibilityTimeout": "900"})[
+        "QueueUrl"
+    ]
+    failure_q = sqs.create_queue(QueueName=FAILURE_QUEUE)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=upload_q, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.put_bucket_notification_configuration(
+        Bucket=BUCKET,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    return upload_q, failure_q
+
+
+def _start_lambda_service(
+    home: Path, port: int, info: StackInfo, options: StackOptions, env: dict[str, str]
+) -> ManagedProcess:
+    delivery_timeout = max(15, int(options.delay_max * options.time_scale) + 5)
+    argv = [
+        *_courierflow(),
+        "lambda",
+        "serve",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(home / "lambda"),
+        "--function",
+        f"{PUBLISHER}=courierflow.functions.publisher:lambda_handler",
+        "--function",
+        f"{DELIVERY}=courierflow.functions.delivery:lambda_handler",
+        "--set",
+        f"{PUBLISHER}.timeout=900",
+        "--set",
+        f"{PUBLISHER}.concurrency=4",
+        "--set",
+        f"{DELIVERY}.timeout={delivery_timeout}",
+        "--set",
+        f"{DELIVERY}.concurrency={options.fleet}",
+        "--set",
+        f"{DELIVERY}.retry_delays={options.retry_delays}",
+        "--set",
+        f"{DELIVERY}.on_failure={info.failure_queue_url}",
+        "--event-source-sqs",
+        f"{PUBLISHER}={info.upload_queue_url}",
+    ]
+    proc = spawn("lambda", argv, home / "logs" / "lambda-service.log", env, port=port)
+    try:
+        proc.wait_for_port(60)
+    except StackError:
+        proc.stop()
+        raise
+    return proc
+
+
+def down(home: Path) -> list[str]:
+    """Stop what `up` started (by PID, newest first) and nothing else."""
+    info = load(home)
+    if info is None:
+        return []
+    stopped = []
+    for name, pid in reversed(list(info.pids.items())):
+        if pid_alive(pid):
+            stop_pid(pid)
+            stopped.append(name)
+    with contextlib.suppress(FileNotFoundError):
+        (home / STACK_FILE).unlink()
+    return stopped

@@ -1,0 +1,145 @@
+"""The manager: consume orders and hand each to its own delivery Lambda.
+
+Each message is invoked asynchronously (``InvocationType='Event'``) on a pool of worker
+threads, so a slow Invoke call never holds up the others, and acked only once Lambda
+accepted the event (HTTP 202). Failed invokes are retried with backoff; after the last
+attempt the message is dead-lettered and the order marked failed, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from courierflow.ledger.base import Ledger
+from courierflow.orders import Order
+from courierflow.transports.base import Delivery, Transport
+
+log = logging.getLogger(__name__)
+
+#: attempts at one Invoke call before the message is dead-lettered
+MAX_INVOKE_ATTEMPTS = 5
+#: first and largest pause between invoke attempts, in seconds
+INVOKE_BACKOFF_BASE_S = 0.2
+INVOKE_BACKOFF_MAX_S = 5.0
+#: Invoke calls in flight at once (each waits on a network round trip)
+DEFAULT_WORKERS = 64
+#: unacknowledged messages the broker may hand us
+DEFAULT_PREFETCH = 256
+
+
+@dataclass
+class DispatchStats:
+    """Counters a running manager keeps (thread-safe increments under ``lock``)."""
+
+    dispatched: int = 0
+    dead_lettered: int = 0
+    invoke_retries: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Dispatcher:
+    """Consumes a transport and invokes the delivery function once per order."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        lambda_client: Any,
+        ledger: Ledger,
+        function_name: str,
+        workers: int = DEFAULT_WORKERS,
+        prefetch: int = DEFAULT_PREFETCH,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.transport = transport
+        self.lambda_client = lambda_client
+        self.ledger = ledger
+        self.function_name = function_name
+        self.workers = workers
+        self.prefetch = prefetch
+        self.sleep = sleep
+        self.stats = DispatchStats()
+        self.stop_event = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="invoke")
+
+    def run(self) -> None:
+        """Consume until ``stop()``; then finish the invokes in flight and settle them."""
+        log.info("manager dispatching to %s with %d workers", self.function_name, self.workers)
+        try:
+            self.transport.consume(self._on_message, self.prefetch, self.stop_event)
+        finally:
+            self._pool.shutdown(wait=True)
+            log.info(
+                "manager stopped: %d dispatched, %d dead-lettered",
+                self.stats.dispatched,
+                self.stats.dead_lettered,
+            )
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _on_message(self, delivery: Delivery) -> None:
+        try:
+            order = Order.from_message(delivery.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.error("not a valid order, dead-lettered: %s (%r)", exc, delivery.body[:200])
+            self.stats.add("dead_lettered")
+            delivery.reject(requeue=False)
+            return
+        self._pool.submit(self._dispatch, order, delivery)
+
+    def _dispatch(self, order: Order, delivery: Delivery) -> None:
+        extra = {"order_id": order.order_id}
+        payload = order.to_json()
+        reason = ""
+        for attempt in range(1, MAX_INVOKE_ATTEMPTS + 1):
+            try:
+                response = self.lambda_client.invoke(
+                    FunctionName=self.function_name, InvocationType="Event", Payload=payload
+                )
+                status = response.get("StatusCode")
+                if status == 202:
+                    self.ledger.mark_dispatched(order.order_id, time.time())
+                    delivery.ack()
+                    self.stats.add("dispatched")
+                    return
+                reason = f"Invoke answered {status} instead of 202"
+            except ClientError as exc:
+                err = exc.response.get("Error", {})
+                reason = f"{err.get('Code')}: {err.get('Message')}"
+            except BotoCoreError as exc:
+                reason = str(exc)
+            except Exception as exc:  # the ledger, or anything else: never lose the message
+                reason = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "invoke failed [%d/%d]: %s", attempt, MAX_INVOKE_ATTEMPTS, reason, extra=extra
+            )
+            if attempt < MAX_INVOKE_ATTEMPTS and not self.stop_event.is_set():
+                self.stats.add("invoke_retries")
+                cap = min(INVOKE_BACKOFF_MAX_S, INVOKE_BACKOFF_BASE_S * 2**attempt)
+                self.sleep(random.uniform(cap / 2, cap))
+            elif self.stop_event.is_set():
+                delivery.reject(requeue=True)  # shutting down: let another manager have it
+                return
+        self._dead_letter(order, delivery, f"invoke failed {MAX_INVOKE_ATTEMPTS} times: {reason}")
+
+    def _dead_letter(self, order: Order, delivery: Delivery, reason: str) -> None:
+        log.error("dead-lettered: %s", reason, extra={"order_id": order.order_id})
+        try:
+            self.ledger.mark_failed(order.order_id, reason, time.time())
+        except Exception:
+            log.exception("could not record the failure", extra={"order_id": order.order_id})
+        self.stats.add("dead_lettered")
+        delivery.reject(requeue=False)

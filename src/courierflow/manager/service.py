@@ -1,0 +1,56 @@
+"""Run the manager as a service: build clients from settings, stop cleanly on signals."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import boto3
+from botocore.config import Config
+
+from courierflow.config import Settings
+from courierflow.ledger.base import open_ledger
+from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS, Dispatcher
+from courierflow.transports.base import open_transport
+
+log = logging.getLogger(__name__)
+
+
+def build_dispatcher(
+    settings: Settings, workers: int = DEFAULT_WORKERS, prefetch: int = DEFAULT_PREFETCH
+) -> Dispatcher:
+    """A dispatcher wired to the services the settings and boto3's endpoints name."""
+    lambda_client = boto3.client(
+        "lambda",
+        region_name=settings.region,
+        config=Config(
+            max_pool_connections=workers,
+            retries={"max_attempts": 1, "mode": "standard"},  # the dispatcher retries
+            connect_timeout=5,
+            read_timeout=30,
+        ),
+    )
+    return Dispatcher(
+        transport=open_transport(settings.queue_url, settings.queue),
+        lambda_client=lambda_client,
+        ledger=open_ledger(settings.ledger_url),
+        function_name=settings.delivery_function,
+        workers=workers,
+        prefetch=prefetch,
+    )
+
+
+def serve(
+    settings: Settings, workers: int = DEFAULT_WORKERS, prefetch: int = DEFAULT_PREFETCH
+) -> None:
+    """Run until SIGTERM or SIGINT, then finish in-flight invokes, ack, and close."""
+    dispatcher = build_dispatcher(settings, workers, prefetch)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing in-flight orders", signal.Signals(signum).name)
+        dispatcher.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    dispatcher.run()

@@ -1,0 +1,71 @@
+"""Run figures computed from the ledger: what `courierflow run` prints and writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from courierflow.ledger.base import FileRecord, OrderRecord
+from courierflow.orders import OrderState
+
+
+@dataclass
+class RunSummary:
+    """The figures of one run; ``to_json`` carries at least the documented keys."""
+
+    file: str
+    rows: int
+    rejected: int
+    published: int
+    skipped: int
+    delivered: int
+    failed: int
+    lost: int
+    duplicates: int
+    makespan_s: float
+    peak_concurrency: int
+    throughput_per_s: float
+    refused: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def peak_concurrency(records: Sequence[OrderRecord]) -> int:
+    """Most deliveries on the road at the same instant (sweep over start/end times)."""
+    events: list[tuple[float, int]] = []
+    for r in records:
+        if r.state is OrderState.DELIVERED and r.started_at and r.finished_at:
+            events += [(r.started_at, 1), (r.finished_at, -1)]
+    events.sort(key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def summarize(
+    file: FileRecord | None, records: Sequence[OrderRecord], started_at: float
+) -> RunSummary:
+    """Figures for the orders of one file; ``started_at`` is when the upload began."""
+    delivered = [r for r in records if r.state is OrderState.DELIVERED]
+    failed = sum(1 for r in records if r.state is OrderState.FAILED)
+    ends = [r.finished_at for r in delivered if r.finished_at]
+    makespan = max(ends) - started_at if ends else 0.0
+    return RunSummary(
+        file=file.source if file else "",
+        rows=file.rows if file else 0,
+        rejected=file.rejected if file else 0,
+        published=file.published if file else 0,
+        skipped=file.skipped if file else 0,
+        delivered=len(delivered),
+        failed=failed,
+        lost=sum(1 for r in records if not r.state.is_final),
+        duplicates=sum(r.duplicates for r in records),
+        makespan_s=round(makespan, 3),
+        peak_concurrency=peak_concurrency(records),
+        throughput_per_s=round(len(delivered) / makespan, 2) if makespan > 0 else 0.0,
+        refused=file.error if file and file.state.value == "refused" else "",
+    )
