@@ -1,0 +1,120 @@
+"""The ledger's conditional writes, on a real SQLite file, including the races."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from courierflow.ledger.base import ClaimResult, FileState, Ledger
+from courierflow.ledger.sqlite import SQLiteLedger
+from courierflow.orders import OrderState
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return SQLiteLedger(tmp_path / "ledger.db")
+
+
+def test_add_queued_returns_new_orders_and_leaves_delivered_alone(ledger: Ledger) -> None:
+    assert ledger.add_queued(["A", "B"], "s3://b/one.csv", 1.0) == ["A", "B"]
+    assert ledger.claim_delivery("A", "r1", 30, 2.0) is ClaimResult.CLAIMED
+    assert ledger.complete_delivery("A", "r1", 3, 2.0, 5.0)
+
+    again = ledger.add_queued(["A", "B", "C"], "s3://b/two.csv", 6.0)
+
+    assert again == ["B", "C"]
+    a = ledger.get_order("A")
+    assert a is not None and a.state is OrderState.DELIVERED and a.source == "s3://b/one.csv"
+
+
+def test_second_claim_on_a_live_claim_is_a_counted_duplicate(ledger: Ledger) -> None:
+    ledger.add_queued(["A"], "s", 0.0)
+    assert ledger.claim_delivery("A", "r1", 30, 1.0) is ClaimResult.CLAIMED
+    assert ledger.claim_delivery("A", "r2", 30, 2.0) is ClaimResult.IN_PROGRESS
+    assert ledger.complete_delivery("A", "r1", 4, 1.0, 5.0)
+    assert ledger.claim_delivery("A", "r3", 30, 6.0) is ClaimResult.ALREADY_DELIVERED
+    record = ledger.get_order("A")
+    assert record is not None
+    assert record.duplicates == 2
+    assert record.request_id == "r1"
+
+
+def test_expired_claim_can_be_taken_and_the_old_attempt_cannot_complete(ledger: Ledger) -> None:
+    ledger.add_queued(["A"], "s", 0.0)
+    assert ledger.claim_delivery("A", "dead", 10, 1.0) is ClaimResult.CLAIMED
+    assert ledger.claim_delivery("A", "new", 10, 12.0) is ClaimResult.CLAIMED
+    assert not ledger.complete_delivery("A", "dead", 3, 1.0, 13.0)
+    assert ledger.complete_delivery("A", "new", 3, 12.0, 15.0)
+    record = ledger.get_order("A")
+    assert record is not None and record.attempts == 2
+
+
+def test_released_claim_is_retaken_by_lambdas_retry_with_the_same_request_id(
+    ledger: Ledger,
+) -> None:
+    ledger.add_queued(["A"], "s", 0.0)
+    assert ledger.claim_delivery("A", "r1", 30, 1.0) is ClaimResult.CLAIMED
+    ledger.release_claim("A", "r1", "boom", 2.0)
+    record = ledger.get_order("A")
+    assert record is not None and record.state is OrderState.DISPATCHED and record.reason == "boom"
+    assert ledger.claim_delivery("A", "r1", 30, 3.0) is ClaimResult.CLAIMED
+
+
+def test_failed_is_never_written_over_delivered(ledger: Ledger) -> None:
+    ledger.claim_delivery("A", "r1", 30, 1.0)
+    ledger.complete_delivery("A", "r1", 2, 1.0, 3.0)
+    ledger.mark_failed("A", "late failure report", 4.0)
+    ledger.mark_dispatched("A", 5.0)
+    record = ledger.get_order("A")
+    assert record is not None and record.state is OrderState.DELIVERED
+
+
+def test_stuck_finds_old_unfinished_orders_only(ledger: Ledger) -> None:
+    ledger.add_queued(["old", "new", "done"], "s", 0.0)
+    ledger.claim_delivery("done", "r", 30, 1.0)
+    ledger.complete_delivery("done", "r", 1, 1.0, 2.0)
+    ledger.touch(["new"], 100.0)
+    stuck = ledger.stuck([OrderState.QUEUED, OrderState.DISPATCHED], older_than=50.0)
+    assert [r.order_id for r in stuck] == ["old"]
+
+
+def test_a_file_version_is_begun_once(ledger: Ledger) -> None:
+    assert ledger.begin_file("b", "k.csv", "e1", 1.0)
+    assert not ledger.begin_file("b", "k.csv", "e1", 2.0)
+    assert ledger.begin_file("b", "k.csv", "e2", 3.0)
+    ledger.finish_file("b", "k.csv", "e1", FileState.DONE, rows=3, published=2, rejected=1, now=4)
+    record = ledger.get_file("b", "k.csv", "e1")
+    assert record is not None and record.state is FileState.DONE and record.rejected == 1
+    ledger.forget_file("b", "k.csv", "e1")
+    assert ledger.begin_file("b", "k.csv", "e1", 5.0)
+
+
+def _claim_all(path: str, worker: int, order_ids: list[str], out: multiprocessing.Queue) -> None:
+    ledger = SQLiteLedger(path)
+    won = [
+        o for o in order_ids if ledger.claim_delivery(o, f"w{worker}", 60, 1.0).value == "claimed"
+    ]
+    out.put(won)
+
+
+@pytest.mark.timeout(60)
+def test_processes_racing_for_the_same_orders_each_win_exactly_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    ids = [f"O-{i}" for i in range(200)]
+    SQLiteLedger(path).add_queued(ids, "s", 0.0)
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    workers = [
+        multiprocessing.Process(target=_claim_all, args=(path, w, ids, out)) for w in range(6)
+    ]
+    for p in workers:
+        p.start()
+    won = [o for _ in workers for o in out.get(timeout=50)]
+    for p in workers:
+        p.join(timeout=10)
+    assert sorted(won) == sorted(ids)
+    record = SQLiteLedger(path).get_order("O-0")
+    assert record is not None and record.duplicates == 5

@@ -1,0 +1,109 @@
+"""The RabbitMQ transport against a real broker: confirms, acks, dead letters."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pika
+import pytest
+
+from courierflow.errors import PublishError, TransportError
+from courierflow.transports.base import Delivery, OutgoingMessage
+from courierflow.transports.rabbitmq import MAX_DELIVERIES, RabbitMQTransport
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def transport(amqp_url: str) -> RabbitMQTransport:
+    return RabbitMQTransport(amqp_url, f"test-{uuid.uuid4().hex[:8]}")
+
+
+def messages(n: int, prefix: str = "O") -> list[OutgoingMessage]:
+    return [
+        OutgoingMessage(
+            f'{{"order_id":"{prefix}-{i}"}}'.encode(), f"{prefix}-{i}", f"order:{prefix}-{i}"
+        )
+        for i in range(n)
+    ]
+
+
+def consume(transport: RabbitMQTransport, n: int, settle: str = "ack") -> list[Delivery]:
+    got: list[Delivery] = []
+    stop = threading.Event()
+
+    def on_message(d: Delivery) -> None:
+        got.append(d)
+        d.ack() if settle == "ack" else d.reject(requeue=settle == "requeue")
+        if len(got) >= n:
+            stop.set()
+
+    timer = threading.Timer(30, stop.set)
+    timer.start()
+    transport.consume(on_message, prefetch=100, stop=stop)
+    timer.cancel()
+    return got
+
+
+def test_every_published_message_is_confirmed_and_consumed_once(
+    transport: RabbitMQTransport,
+) -> None:
+    assert transport.publish(messages(5000)) == 5000
+    assert transport.depth() == 5000
+    got = consume(transport, 5000)
+    ids = [d.body for d in got]
+    assert len(ids) == 5000 and len(set(ids)) == 5000
+    assert transport.depth() == 0
+
+
+def test_messages_are_persistent_json_with_the_order_id_header(
+    transport: RabbitMQTransport, amqp_url: str
+) -> None:
+    transport.publish(messages(1))
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        method, props, _body = conn.channel().basic_get(transport.queue, auto_ack=True)
+    finally:
+        conn.close()
+    assert method is not None
+    assert props.delivery_mode == 2
+    assert props.content_type == "application/json"
+    assert props.message_id == "order:O-0"
+    assert props.headers["order_id"] == "O-0"
+
+
+def test_rejected_messages_are_dead_lettered_and_can_be_replayed(
+    transport: RabbitMQTransport,
+) -> None:
+    transport.publish(messages(3))
+    consume(transport, 3, settle="dead-letter")
+    letters = transport.dead_letters()
+    assert sorted(letter.order_id for letter in letters) == ["O-0", "O-1", "O-2"]
+    assert {letter.reason for letter in letters} == {"rejected"}
+    assert transport.dead_letters() == letters  # looking does not remove
+
+    assert transport.replay_dead_letters("O-1") == 1
+    assert [d.body for d in consume(transport, 1)] == [b'{"order_id":"O-1"}']
+    assert sorted(letter.order_id for letter in transport.dead_letters()) == ["O-0", "O-2"]
+
+
+def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(
+    transport: RabbitMQTransport,
+) -> None:
+    transport.publish(messages(1, "POISON"))
+    got = consume(transport, MAX_DELIVERIES + 1, settle="requeue")
+    assert len(got) == MAX_DELIVERIES + 1
+    assert got[-1].delivery_count == MAX_DELIVERIES
+    letters = transport.dead_letters()
+    assert [(letter.order_id, letter.reason) for letter in letters] == [
+        ("POISON-0", "delivery_limit")
+    ]
+
+
+def test_refused_credentials_give_a_clear_error(rabbitmq: object, amqp_url: str) -> None:
+    bad = RabbitMQTransport(amqp_url.replace("guest:guest", "guest:wrong"), "q")
+    with pytest.raises(PublishError, match="refused the credentials"):
+        bad.publish(messages(1))
+    with pytest.raises(TransportError, match="refused the credentials"):
+        bad.depth()
