@@ -90,11 +90,23 @@ class Transport(ABC):
 
 
 def open_transport(url: str, queue: str) -> Transport:
-    """The transport a queue URL names (``amqp://``/``amqps://`` for RabbitMQ)."""
+    """The transport a queue URL names.
+
+    ``amqp://``/``amqps://``: RabbitMQ, with ``queue`` as the queue name.
+    ``sqs://NAME`` or an SQS queue URL (``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``,
+    or any ``http(s)://`` endpoint such as moto's): Amazon SQS.
+    """
     from courierflow.errors import ConfigError
 
     if url.startswith(("amqp://", "amqps://")):
         from courierflow.transports.rabbitmq import RabbitMQTransport
 
         return RabbitMQTransport(url, queue)
-    raise ConfigError(f"unknown queue URL {url!r}: use amqp://user:pass@host:5672/vhost")
+    if url.startswith(("sqs://", "https://", "http://")):
+        from courierflow.transports.sqs import SQSTransport
+
+        return SQSTransport(url)
+    raise ConfigError(
+        f"unknown queue URL {url!r}: use amqp://user:pass@host:5672/vhost for RabbitMQ "
+        "or sqs://QUEUE_NAME for SQS (COURIERFLOW_QUEUE_URL)"
+    )
