@@ -36,7 +36,7 @@ def peak_concurrency(records: Sequence[OrderRecord]) -> int:
     """Most deliveries on the road at the same instant (sweep over start/end times)."""
     events: list[tuple[float, int]] = []
     for r in records:
-        if r.state is OrderState.DELIVERED and r.started_at and r.finished_at:
+        if r.state is OrderState.DELIVERED and r.started_at is not None and r.finished_at:
             events += [(r.started_at, 1), (r.finished_at, -1)]
     events.sort(key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
     peak = current = 0
