@@ -84,6 +84,9 @@ class StackInfo:
     options: dict[str, object] = field(default_factory=dict)
     #: name -> pid of every process this stack started, in start order
     pids: dict[str, int] = field(default_factory=dict)
+    #: name -> command line, for the processes `restart` can start again
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    queue: str = "orders"
 
     def client_env(self) -> dict[str, str]:
         """Environment that points boto3 and courierflow at this stack."""
@@ -98,6 +101,7 @@ class StackInfo:
             "COURIERFLOW_AMQP_URL": self.amqp_url,
             "COURIERFLOW_LEDGER_URL": self.ledger_url,
             "COURIERFLOW_HOME": self.home,
+            "COURIERFLOW_QUEUE": self.queue,
         }
 
     def alive(self) -> bool:
@@ -179,35 +183,54 @@ def _start(
         failure_queue_url=failure_q,
         ledger_url=f"sqlite:///{ledger_path}",
         options=asdict(options),
+        queue=settings.queue,
     )
     lambda_port = free_port()
     info.lambda_url = f"http://127.0.0.1:{lambda_port}"
-    env = {**os.environ, **info.client_env(), **_function_env(options)}
-    service = _start_lambda_service(home, lambda_port, info, options, env)
-    started.append(("lambda", service.pid))
+    info.commands["lambda"] = _lambda_service_argv(home, lambda_port, info, options)
     for i in range(options.managers):
-        manager = spawn(
-            f"manager-{i}", [*_courierflow(), "manager"], home / "logs" / f"manager-{i}.log", env
-        )
-        started.append((f"manager-{i}", manager.pid))
-    reconciler = spawn(
-        "reconciler",
-        [
-            *_courierflow(),
-            "reconcile",
-            "--every",
-            str(options.reconcile_every_s),
-            "--stuck-after",
-            str(options.stuck_after_s),
-            "--failure-queue",
-            failure_q,
-        ],
-        home / "logs" / "reconciler.log",
-        env,
-    )
-    started.append(("reconciler", reconciler.pid))
+        info.commands[f"manager-{i}"] = [*_courierflow(), "manager"]
+    info.commands["reconciler"] = [
+        *_courierflow(),
+        "reconcile",
+        "--every",
+        str(options.reconcile_every_s),
+        "--stuck-after",
+        str(options.stuck_after_s),
+        "--failure-queue",
+        failure_q,
+    ]
+    for name in info.commands:
+        proc = _spawn_part(info, name)
+        started.append((name, proc.pid))
+        if name == "lambda":
+            proc.wait_for_port(60)
     info.pids = dict(started)
     return info
+
+
+def _spawn_part(info: StackInfo, name: str) -> ManagedProcess:
+    """Start one of the stack's own processes (lambda, manager-N, reconciler)."""
+    options = StackOptions(**info.options)  # type: ignore[arg-type]
+    env = {**os.environ, **info.client_env(), **_function_env(options)}
+    port = int(info.lambda_url.rsplit(":", 1)[-1]) if name == "lambda" else 0
+    log_name = "lambda-service" if name == "lambda" else name
+    return spawn(name, info.commands[name], Path(info.home) / "logs" / f"{log_name}.log", env, port)
+
+
+def restart(home: Path, name: str) -> int:
+    """Start a stopped or killed part of the running stack again; returns its new pid."""
+    info = load(home)
+    if info is None or name not in info.commands:
+        raise StackError(f"no part {name!r} in the stack at {home}")
+    if pid_alive(info.pids.get(name, 0)):
+        stop_pid(info.pids[name])
+    proc = _spawn_part(info, name)
+    if name == "lambda":
+        proc.wait_for_port(60)
+    info.pids[name] = proc.pid
+    (home / STACK_FILE).write_text(json.dumps(asdict(info), indent=2))
+    return proc.pid
 
 
 def _courierflow() -> list[str]:
@@ -245,11 +268,11 @@ def _create_aws_resources(moto_url: str) -> tuple[str, str]:
     return upload_q, failure_q
 
 
-def _start_lambda_service(
-    home: Path, port: int, info: StackInfo, options: StackOptions, env: dict[str, str]
-) -> ManagedProcess:
+def _lambda_service_argv(
+    home: Path, port: int, info: StackInfo, options: StackOptions
+) -> list[str]:
     delivery_timeout = max(15, int(options.delay_max * options.time_scale) + 5)
-    argv = [
+    return [
         *_courierflow(),
         "lambda",
         "serve",
@@ -276,13 +299,6 @@ def _start_lambda_service(
         "--event-source-sqs",
         f"{PUBLISHER}={info.upload_queue_url}",
     ]
-    proc = spawn("lambda", argv, home / "logs" / "lambda-service.log", env, port=port)
-    try:
-        proc.wait_for_port(60)
-    except StackError:
-        proc.stop()
-        raise
-    return proc
 
 
 def down(home: Path) -> list[str]:
