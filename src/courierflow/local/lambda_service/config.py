@@ -1,0 +1,122 @@
+"""Function configuration: from `--function`/`--set` flags or a TOML file.
+
+Flags: ``--function NAME=MODULE:HANDLER`` and ``--set NAME.KEY=VALUE`` where KEY is one of
+``timeout``, ``memory``, ``concurrency``, ``retry_delays`` (comma-separated seconds),
+``max_retries``, ``max_event_age``, ``on_failure`` (SQS queue URL or a file path),
+``idle_timeout``, ``sqs_batch_size``, ``sqs_batching_window``,
+``report_batch_item_failures`` or ``env.VAR``. The TOML file has one table per function:
+``[functions.NAME]`` with ``handler = "MODULE:HANDLER"`` and the same keys (``env`` a table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from courierflow.errors import ConfigError
+
+#: account and region the local ARNs are made of
+ACCOUNT_ID = "123456789012"
+REGION = "us-east-1"
+
+
+@dataclass
+class FunctionConfig:
+    """One function, as `GetFunction` reports it and the service runs it."""
+
+    name: str
+    handler: str  # MODULE:ATTRIBUTE (AWS writes MODULE.ATTRIBUTE; both are accepted)
+    timeout: float = 3.0
+    memory: int = 128
+    #: environments at most (reserved concurrency)
+    concurrency: int = 100
+    #: Lambda's default async policy: two retries, about one and two minutes apart
+    retry_delays: tuple[float, ...] = (60.0, 120.0)
+    max_retries: int = 2
+    max_event_age: float = 6 * 3600.0
+    on_failure: str = ""
+    #: seconds an idle environment is kept warm
+    idle_timeout: float = 300.0
+    sqs_queue_url: str = ""
+    sqs_batch_size: int = 10
+    sqs_batching_window: float = 0.0
+    report_batch_item_failures: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.name}"
+
+    @property
+    def module_and_attribute(self) -> tuple[str, str]:
+        text = self.handler
+        module, sep, attribute = text.partition(":") if ":" in text else text.rpartition(".")
+        if not module or not attribute or not sep:
+            raise ConfigError(f"handler {text!r} of {self.name} is not MODULE:FUNCTION")
+        return module, attribute
+
+    def set(self, key: str, value: Any) -> None:
+        """Apply one ``--set`` (or TOML) setting, converting its type."""
+        if key.startswith("env."):
+            self.env[key[4:]] = str(value)
+            return
+        if key == "env" and isinstance(value, dict):
+            self.env.update({str(k): str(v) for k, v in value.items()})
+            return
+        kinds = {f.name: f.type for f in fields(self)}
+        if key not in kinds or key in ("name", "env"):
+            raise ConfigError(f"unknown setting {key!r} for {self.name}")
+        kind = kinds[key]
+        try:
+            if key == "retry_delays":
+                parts = value if isinstance(value, list) else str(value).split(",")
+                setattr(self, key, tuple(float(p) for p in parts if str(p).strip()))
+            elif kind == "bool":
+                setattr(self, key, str(value).lower() in ("1", "true", "yes", "on"))
+            elif kind == "int":
+                setattr(self, key, int(value))
+            elif kind == "float":
+                setattr(self, key, float(value))
+            else:
+                setattr(self, key, str(value))
+        except ValueError:
+            raise ConfigError(f"{self.name}.{key}: {value!r} is not a valid {kind}") from None
+
+
+def parse_flags(
+    functions: list[str], sets: list[str], event_sources: list[str], config_file: Path | None
+) -> dict[str, FunctionConfig]:
+    """Build the function table from the CLI flags (applied over the TOML file, if any)."""
+    table: dict[str, FunctionConfig] = {}
+    if config_file is not None:
+        doc = tomllib.loads(config_file.read_text())
+        for name, spec in (doc.get("functions") or {}).items():
+            fn = FunctionConfig(name=name, handler=str(spec.get("handler", "")))
+            for key, value in spec.items():
+                if key != "handler":
+                    fn.set(key, value)
+            table[name] = fn
+    for item in functions:
+        name, sep, handler = item.partition("=")
+        if not sep or not name or not handler:
+            raise ConfigError(f"--function {item!r}: use NAME=MODULE:HANDLER")
+        table[name] = FunctionConfig(name=name, handler=handler)
+    for item in sets:
+        target, sep, value = item.partition("=")
+        name, dot, key = target.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: use NAME.KEY=VALUE")
+        if name not in table:
+            raise ConfigError(f"--set {item!r}: no function {name!r} (add it with --function)")
+        table[name].set(key, value)
+    for item in event_sources:
+        name, sep, url = item.partition("=")
+        if not sep or name not in table:
+            raise ConfigError(f"--event-source-sqs {item!r}: use NAME=QUEUE_URL for a known NAME")
+        table[name].sqs_queue_url = url
+    for fn in table.values():
+        fn.module_and_attribute  # noqa: B018 - validates the handler spec early
+    return table

@@ -1,0 +1,244 @@
+"""Execution environments, service side: a pool per function, forked by its zygote.
+
+Environments are made on demand up to the function's concurrency, reused warm, replaced
+when they die or time out, and reaped when idle. A caller that finds the pool full
+either gets nothing (a synchronous invoke: 429) or waits its turn (asynchronous events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from courierflow.local.lambda_service.config import FunctionConfig
+from courierflow.local.lambda_service.protocol import encode, read_frame
+
+log = logging.getLogger(__name__)
+
+_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: seconds a new environment may take to fork and connect
+SPAWN_TIMEOUT_S = 30.0
+#: seconds between looks for idle environments to reap
+REAP_EVERY_S = 5.0
+
+
+class EnvironmentDied(Exception):
+    """The environment's process ended while serving an invocation."""
+
+
+class Environment:
+    """One forked process serving one invocation at a time."""
+
+    def __init__(self, pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.pid = pid
+        self.reader = reader
+        self.writer = writer
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.invocations = 0
+
+    @property
+    def cold(self) -> bool:
+        return self.invocations == 0
+
+    async def invoke(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one invocation and wait for its reply.
+
+        Raises:
+            asyncio.TimeoutError: past ``timeout``; the caller must kill the environment.
+            EnvironmentDied: the process ended (exit, signal, crash).
+        """
+        self.invocations += 1
+        try:
+            self.writer.write(encode(request))
+            await self.writer.drain()
+            return await asyncio.wait_for(read_frame(self.reader), timeout)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise EnvironmentDied(str(exc)) from None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.writer.close()
+
+
+class EnvironmentPool:
+    """The environments of one function and the zygote that forks them."""
+
+    def __init__(
+        self, config: FunctionConfig, socket_dir: Path, log_dir: Path, code_dirs: list[str]
+    ) -> None:
+        self.config = config
+        self.socket_path = str(socket_dir / f"{config.name}.sock")
+        self.log_path = log_dir / f"{config.name}.runtime.log"
+        self.code_dirs = code_dirs
+        self.idle: deque[Environment] = deque()
+        self.busy: set[Environment] = set()
+        self.total = 0  # busy + idle + being spawned
+        self._spawning: deque[asyncio.Future[Environment]] = deque()
+        self._waiters: deque[asyncio.Future[Environment | None]] = deque()
+        self._zygote: asyncio.subprocess.Process | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
+        await self._start_zygote()
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def _start_zygote(self) -> None:
+        spec = {**asdict(self.config), "code_dirs": self.code_dirs}
+        env = {**os.environ, **self.lambda_environment()}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self._zygote = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "courierflow.local.lambda_service.runtime",
+                self.socket_path,
+                json.dumps(spec),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=out,
+                stderr=out,
+                env=env,
+            )
+
+    def lambda_environment(self) -> dict[str, str]:
+        """The variables Lambda sets, then the function's own."""
+        c = self.config
+        base = {
+            "AWS_LAMBDA_FUNCTION_NAME": c.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(c.memory),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(c.timeout)),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{c.name}",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_python{_PYTHON}",
+            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+            "LAMBDA_TASK_ROOT": self.code_dirs[0] if self.code_dirs else os.getcwd(),
+            "LAMBDA_RUNTIME_DIR": sys.prefix,
+            "_HANDLER": c.handler,
+            "TZ": ":UTC",
+        }
+        return {**base, **c.env}
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for env in [*self.idle, *self.busy]:
+            env.kill()
+        self.idle.clear()
+        self.busy.clear()
+        if self._zygote and self._zygote.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._zygote.kill()
+            await self._zygote.wait()
+        if self._server:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+    # --- getting and giving back environments ------------------------------------------
+
+    async def acquire(self, wait: bool) -> Environment | None:
+        """An environment for one invocation, or None when full and ``wait`` is False."""
+        while True:
+            if self.idle:
+                env = self.idle.pop()  # most recently used: warmest
+                self.busy.add(env)
+                return env
+            if self.total < self.config.concurrency:
+                self.total += 1
+                try:
+                    env = await self._spawn()
+                except BaseException:
+                    self.total -= 1
+                    self._wake_one(None)
+                    raise
+                self.busy.add(env)
+                return env
+            if not wait:
+                return None
+            waiter: asyncio.Future[Environment | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            handed = await waiter
+            if handed is not None:
+                self.busy.add(handed)
+                return handed
+
+    def release(self, env: Environment, healthy: bool) -> None:
+        """Give an environment back; an unhealthy one is killed and its slot freed."""
+        self.busy.discard(env)
+        if not healthy:
+            env.kill()
+            self.total -= 1
+            self._wake_one(None)
+            return
+        env.last_used = time.monotonic()
+        if not self._wake_one(env):
+            self.idle.append(env)
+
+    def _wake_one(self, env: Environment | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(env)
+                return True
+        return False
+
+    async def _spawn(self) -> Environment:
+        if self._zygote is None or self._zygote.returncode is not None:
+            log.warning("zygote of %s is gone; starting it again", self.config.name)
+            await self._start_zygote()
+        assert self._zygote is not None and self._zygote.stdin is not None
+        future: asyncio.Future[Environment] = asyncio.get_running_loop().create_future()
+        self._spawning.append(future)
+        self._zygote.stdin.write(b"fork\n")
+        await self._zygote.stdin.drain()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), SPAWN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ValueError):
+                self._spawning.remove(future)
+            raise
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello = await read_frame(reader)
+        env = Environment(int(hello["pid"]), reader, writer)
+        while self._spawning:
+            future = self._spawning.popleft()
+            if not future.done():
+                future.set_result(env)
+                return
+        env.kill()  # nobody is waiting for it any more
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_EVERY_S)
+            limit = time.monotonic() - self.config.idle_timeout
+            for env in [e for e in self.idle if e.last_used < limit]:
+                self.idle.remove(env)
+                env.kill()
+                self.total -= 1
+
+    def stats(self) -> dict[str, int]:
+        return {"busy": len(self.busy), "idle": len(self.idle), "total": self.total}
+
+    def pids(self) -> list[int]:
+        zygote = [self._zygote.pid] if self._zygote else []
+        return zygote + [e.pid for e in [*self.idle, *self.busy]]

@@ -1,0 +1,270 @@
+"""Running invocations: synchronous, asynchronous (queue, retries, destinations), logs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from courierflow.local.lambda_service.config import FunctionConfig
+from courierflow.local.lambda_service.environments import (
+    Environment,
+    EnvironmentDied,
+    EnvironmentPool,
+)
+
+log = logging.getLogger(__name__)
+
+#: what `X-Amz-Log-Type: Tail` returns: the end of the invocation's log
+TAIL_BYTES = 4096
+
+
+@dataclass
+class Outcome:
+    """The result of one invocation, as the API and the async queue need it."""
+
+    request_id: str
+    ok: bool
+    body: bytes
+    log: str = ""
+
+    @property
+    def tail(self) -> str:
+        return base64.b64encode(self.log.encode()[-TAIL_BYTES:]).decode()
+
+    def error(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.body)
+        except ValueError:
+            return {"errorMessage": self.body.decode(errors="replace")}
+        return doc if isinstance(doc, dict) else {"errorMessage": str(doc)}
+
+
+@dataclass
+class Event:
+    """An asynchronous invocation waiting in the function's queue."""
+
+    payload: bytes
+    request_id: str
+    created: float = field(default_factory=time.time)
+    attempts: int = 0
+
+
+@dataclass
+class Counters:
+    invocations: int = 0
+    errors: int = 0
+    throttles: int = 0
+    async_accepted: int = 0
+    async_retries: int = 0
+    async_failed: int = 0
+
+
+class Function:
+    """One configured function: its environments, its event queue, its log."""
+
+    def __init__(self, config: FunctionConfig, pool: EnvironmentPool, log_dir: Path) -> None:
+        self.config = config
+        self.pool = pool
+        self.log_path = log_dir / f"{config.name}.log"
+        self.counters = Counters()
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the service
+
+    async def start(self) -> None:
+        await self.pool.start()
+        self._dispatcher = asyncio.create_task(self._dispatch_events())
+
+    async def close(self) -> None:
+        if self._dispatcher:
+            self._dispatcher.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pool.close()
+        self._log_file.close()
+
+    # --- synchronous -------------------------------------------------------------------
+
+    async def invoke_sync(self, payload: bytes) -> Outcome | None:
+        """Run now; None when every environment is busy (the API answers 429)."""
+        env = await self.pool.acquire(wait=False)
+        if env is None:
+            self.counters.throttles += 1
+            return None
+        return await self.run(env, payload, str(uuid.uuid4()))
+
+    async def run(self, env: Environment, payload: bytes, request_id: str) -> Outcome:
+        """One invocation on ``env``; the environment goes back to the pool afterwards."""
+        self.counters.invocations += 1
+        cold = env.cold
+        spawn_ms = (time.monotonic() - env.created) * 1000
+        request = {
+            "request_id": request_id,
+            "payload": payload.decode("utf-8"),
+            "deadline": time.time() + self.config.timeout,
+            "arn": self.config.arn,
+        }
+        started = time.perf_counter()
+        healthy = True
+        try:
+            reply = await env.invoke(request, self.config.timeout)
+            ok, body, output = bool(reply["ok"]), reply["body"].encode(), reply.get("log", "")
+            memory = int(reply.get("max_memory_mb", 0))
+            healthy = ok or "Runtime." not in reply["body"]
+        except asyncio.TimeoutError:
+            healthy, ok, output, memory = False, False, "", 0
+            message = f"Task timed out after {self.config.timeout:.2f} seconds"
+            body = json.dumps(
+                {
+                    "errorMessage": f"{_now()} {request_id} {message}",
+                    "errorType": "Sandbox.Timedout",
+                }
+            ).encode()
+            output = f"{_now()} {request_id} {message}\n"
+        except EnvironmentDied:
+            healthy, ok, memory = False, False, 0
+            doc = {
+                "errorMessage": f"RequestId: {request_id} Error: Runtime exited without "
+                "providing a reason",
+                "errorType": "Runtime.ExitError",
+            }
+            body = json.dumps(doc).encode()
+            output = f"{doc['errorMessage']}\n"
+        finally:
+            self.pool.release(env, healthy)
+        duration = (time.perf_counter() - started) * 1000
+        if not ok:
+            self.counters.errors += 1
+        text = self._write_log(request_id, output, duration, memory, spawn_ms if cold else None)
+        return Outcome(request_id, ok, body, text)
+
+    def _write_log(
+        self,
+        request_id: str,
+        output: str,
+        duration_ms: float,
+        memory_mb: int,
+        init_ms: float | None,
+    ) -> str:
+        if output and not output.endswith("\n"):
+            output += "\n"
+        report = (
+            f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+            f"Billed Duration: {math.ceil(duration_ms)} ms\tMemory Size: {self.config.memory} MB\t"
+            f"Max Memory Used: {memory_mb} MB"
+        )
+        if init_ms is not None:
+            report += f"\tInit Duration: {init_ms:.2f} ms"
+        text = (
+            f"START RequestId: {request_id} Version: $LATEST\n{output}"
+            f"END RequestId: {request_id}\n{report}\n"
+        )
+        self._log_file.write(text)  # one write per invocation: blocks never interleave
+        self._log_file.flush()
+        return text
+
+    # --- asynchronous ------------------------------------------------------------------
+
+    def enqueue(self, payload: bytes) -> str:
+        event = Event(payload, str(uuid.uuid4()))
+        self.counters.async_accepted += 1
+        self.events.put_nowait(event)
+        return event.request_id
+
+    async def _dispatch_events(self) -> None:
+        while True:
+            event = await self.events.get()
+            if time.time() - event.created > self.config.max_event_age:
+                await self._give_up(event, None, "EventAgeExceeded")
+                continue
+            env = await self.pool.acquire(wait=True)
+            assert env is not None
+            task = asyncio.create_task(self._run_event(env, event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_event(self, env: Environment, event: Event) -> None:
+        event.attempts += 1
+        outcome = await self.run(env, event.payload, event.request_id)
+        if outcome.ok:
+            return
+        retries_done = event.attempts - 1
+        if retries_done < self.config.max_retries:
+            delays = self.config.retry_delays or (0.0,)
+            delay = delays[min(retries_done, len(delays) - 1)]
+            self.counters.async_retries += 1
+            log.info(
+                "retrying %s in %.1f s (attempt %d)", event.request_id, delay, event.attempts + 1
+            )
+            asyncio.get_running_loop().call_later(delay, self.events.put_nowait, event)
+            return
+        await self._give_up(event, outcome, "RetriesExhausted")
+
+    async def _give_up(self, event: Event, outcome: Outcome | None, condition: str) -> None:
+        self.counters.async_failed += 1
+        destination = self.config.on_failure
+        if not destination:
+            log.warning(
+                "event %s dropped after %s (no on-failure destination)", event.request_id, condition
+            )
+            return
+        record = destination_record(self.config, event, outcome, condition)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _send, destination, record)
+        except Exception:
+            log.exception("could not send event %s to %s", event.request_id, destination)
+
+
+def destination_record(
+    config: FunctionConfig, event: Event, outcome: Outcome | None, condition: str
+) -> dict[str, Any]:
+    """The on-failure record, in the shape Lambda sends to a destination."""
+    try:
+        payload: Any = json.loads(event.payload) if event.payload else {}
+    except ValueError:
+        payload = event.payload.decode(errors="replace")
+    record: dict[str, Any] = {
+        "version": "1.0",
+        "timestamp": _now(),
+        "requestContext": {
+            "requestId": event.request_id,
+            "functionArn": f"{config.arn}:$LATEST",
+            "condition": condition,
+            "approximateInvokeCount": event.attempts,
+        },
+        "requestPayload": payload,
+    }
+    if outcome is not None:
+        record["responseContext"] = {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        }
+        record["responsePayload"] = outcome.error()
+    return record
+
+
+def _send(destination: str, record: dict[str, Any]) -> None:
+    if destination.startswith(("http://", "https://")):
+        boto3.client("sqs").send_message(QueueUrl=destination, MessageBody=json.dumps(record))
+    else:
+        with open(destination, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def _now() -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        + f".{int(time.time() * 1000) % 1000:03d}Z"
+    )

@@ -1,0 +1,226 @@
+"""The inside of an execution environment, and the zygote that forks them.
+
+Run as ``python -m courierflow.local.lambda_service.runtime SOCKET CONFIG_JSON`` by the
+service, once per function. The zygote imports the handler module once (the cold start
+AWS calls "init"), freezes the heap, and forks an environment each time it reads a line
+on stdin; forked environments share the imported module's memory until they write to it,
+which is what lets hundreds of them fit. Each environment connects to the service's
+socket, serves one invocation at a time and keeps module state between them (warm).
+
+Everything the handler writes to stdout/stderr (fd 1 and 2, so ``logging`` and C code
+too) goes to a private temporary file, which is read back after each invocation; the
+handler's output costs disk, not memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from courierflow.local.lambda_service.protocol import encode, recv_frame
+
+#: handler output kept per invocation for the log (the rest is cut, with a note)
+MAX_LOG_BYTES = 256 * 1024
+
+Handler = Callable[[Any, Any], Any]
+
+
+class LambdaContext:
+    """The context object Lambda passes to a Python handler."""
+
+    def __init__(self, config: dict[str, Any], request_id: str, deadline: float, arn: str) -> None:
+        self.aws_request_id = request_id
+        self.function_name = config["name"]
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = arn
+        self.memory_limit_in_mb = str(config["memory"])
+        self.log_group_name = f"/aws/lambda/{config['name']}"
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.identity = None
+        self.client_context = None
+        self._deadline = deadline
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.time()) * 1000))
+
+
+def error_document(exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
+    """Lambda's error shape for an exception raised by a handler (our frame left out)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {
+        "errorMessage": str(exc),
+        "errorType": error_type or type(exc).__name__,
+        "requestId": "",
+        "stackTrace": traceback.format_list(frames[1:] if len(frames) > 1 else frames),
+    }
+
+
+def load_handler(spec: str) -> tuple[Handler | None, dict[str, Any] | None]:
+    """Import MODULE and find ATTRIBUTE; on failure return Lambda's init error instead."""
+    module_name, _, attribute = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        return None, {
+            "errorMessage": f"Unable to import module '{module_name}': {exc}",
+            "errorType": "Runtime.ImportModuleError",
+            "requestId": "",
+            "stackTrace": traceback.format_list(traceback.extract_tb(exc.__traceback__)),
+        }
+    handler = getattr(module, attribute, None)
+    if not callable(handler):
+        return None, {
+            "errorMessage": f"Handler '{attribute}' missing on module '{module_name}'",
+            "errorType": "Runtime.HandlerNotFound",
+            "requestId": "",
+            "stackTrace": [],
+        }
+    return handler, None
+
+
+class _Output:
+    """fd 1 and 2 redirected to one temporary file, read back per invocation."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+
+    def take(self) -> str:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        fd = self._file.fileno()
+        size = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, min(size, MAX_LOG_BYTES))
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = data.decode("utf-8", "replace")
+        if size > MAX_LOG_BYTES:
+            text += f"\n[courierflow: {size - MAX_LOG_BYTES} more bytes of output not kept]\n"
+        return text
+
+
+def serve_invocations(
+    sock_path: str,
+    config: dict[str, Any],
+    handler: Handler | None,
+    init_error: dict[str, Any] | None,
+) -> None:
+    """The environment's loop: one invocation at a time until the service hangs up."""
+    os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = (
+        time.strftime("%Y/%m/%d") + f"/[$LATEST]{os.getpid():08x}{os.urandom(8).hex()}"
+    )
+    output = _Output()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sock_path)
+    sock.sendall(encode({"pid": os.getpid()}))
+    while True:
+        request = recv_frame(sock)
+        if request is None:
+            os._exit(0)
+        reply, exit_code = invoke_once(config, handler, init_error, request)
+        reply["log"] = output.take() + reply.pop("log_extra", "")
+        reply["max_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        if exit_code is None and reply["max_memory_mb"] > int(config["memory"]):
+            reply.update(ok=False, body=json.dumps(_out_of_memory(request["request_id"])))
+            exit_code = 137
+        sock.sendall(encode(reply))
+        if exit_code is not None:
+            os._exit(exit_code)
+
+
+def _out_of_memory(request_id: str) -> dict[str, Any]:
+    return {
+        "errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: signal: killed",
+        "errorType": "Runtime.OutOfMemory",
+    }
+
+
+def invoke_once(
+    config: dict[str, Any],
+    handler: Handler | None,
+    init_error: dict[str, Any] | None,
+    request: dict[str, Any],
+) -> tuple[dict[str, Any], int | None]:
+    """Run the handler on one event; returns the reply and an exit code if the
+    environment must end (the handler called sys.exit)."""
+    request_id = request["request_id"]
+    if handler is None:
+        doc = dict(init_error or {}, requestId=request_id)
+        return {"ok": False, "body": json.dumps(doc), "log_extra": _error_log(doc)}, None
+    context = LambdaContext(config, request_id, request["deadline"], request["arn"])
+    started = time.perf_counter()
+    exit_code: int | None = None
+    try:
+        event = json.loads(request["payload"]) if request["payload"] else {}
+        result = handler(event, context)
+        try:
+            body, ok = json.dumps(result), True
+        except (TypeError, ValueError) as exc:
+            doc = error_document(exc, "Runtime.MarshalError")
+            body, ok = json.dumps(dict(doc, requestId=request_id)), False
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        exit_code = code
+        doc = {
+            "errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: "
+            f"exit status {code}",
+            "errorType": "Runtime.ExitError",
+        }
+        body, ok = json.dumps(doc), False
+    except Exception as exc:
+        doc = dict(error_document(exc), requestId=request_id)
+        body, ok = json.dumps(doc), False
+    duration_ms = (time.perf_counter() - started) * 1000
+    reply: dict[str, Any] = {"ok": ok, "body": body, "duration_ms": duration_ms}
+    if not ok:
+        reply["log_extra"] = _error_log(json.loads(body))
+    return reply, exit_code
+
+
+def _error_log(doc: dict[str, Any]) -> str:
+    trace = "".join(doc.get("stackTrace") or [])
+    return f"[ERROR] {doc.get('errorType')}: {doc.get('errorMessage')}\n{trace}"
+
+
+def main() -> None:
+    """The zygote: import once, then fork an environment per line read on stdin."""
+    sock_path, config = sys.argv[1], json.loads(sys.argv[2])
+    for path in reversed(config.get("code_dirs") or []):
+        sys.path.insert(0, path)
+    started = time.perf_counter()
+    handler, init_error = load_handler(config["handler"])
+    init_ms = (time.perf_counter() - started) * 1000
+    print(json.dumps({"zygote": os.getpid(), "init_ms": init_ms}), flush=True)
+    gc.freeze()  # keep the imported heap shared: the collector won't touch it in children
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    for line in sys.stdin:
+        if line.strip() != "fork":
+            continue
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            sys.stdin.close()
+            try:
+                serve_invocations(sock_path, config, handler, init_error)
+            finally:
+                os._exit(1)
+    # stdin closed: the service is gone; environments notice their socket closing.
+
+
+if __name__ == "__main__":
+    main()

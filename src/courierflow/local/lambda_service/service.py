@@ -1,0 +1,66 @@
+"""Run the local Lambda service: functions, their pools, pollers and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from courierflow.local.lambda_service.api import SYNC_PAYLOAD_LIMIT, LambdaApi
+from courierflow.local.lambda_service.config import FunctionConfig
+from courierflow.local.lambda_service.environments import EnvironmentPool
+from courierflow.local.lambda_service.event_source import SqsPoller
+from courierflow.local.lambda_service.invoker import Function
+
+log = logging.getLogger(__name__)
+
+
+async def serve(
+    functions: dict[str, FunctionConfig],
+    host: str,
+    port: int,
+    state_dir: Path,
+    code_dirs: list[str],
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop every environment and zygote."""
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    socket_dir = Path(tempfile.mkdtemp(prefix="cf-lambda-"))  # short path: AF_UNIX limit
+    running: dict[str, Function] = {}
+    pollers: list[asyncio.Task[None]] = []
+    runner: web.AppRunner | None = None
+    try:
+        for name, config in functions.items():
+            pool = EnvironmentPool(config, socket_dir, log_dir, code_dirs)
+            running[name] = Function(config, pool, log_dir)
+            await running[name].start()
+        for fn in running.values():
+            if fn.config.sqs_queue_url:
+                poller = SqsPoller(fn, fn.config.sqs_queue_url)
+                pollers.append(asyncio.create_task(poller.run()))
+        app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024)
+        app.add_routes(LambdaApi(running).routes())
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        print(f"courierflow lambda service listening on http://{host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for task in pollers:
+            task.cancel()
+        if runner is not None:
+            await runner.cleanup()
+        for fn in running.values():
+            with contextlib.suppress(Exception):
+                await fn.close()
+        with contextlib.suppress(OSError):
+            socket_dir.rmdir()
