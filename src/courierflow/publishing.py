@@ -6,13 +6,12 @@ nothing about Lambda.
 
 from __future__ import annotations
 
-import io
-import itertools
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -144,41 +143,37 @@ class OrderPublisher:
                 "split the file or raise COURIERFLOW_MAX_OBJECT_BYTES"
             )
         body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
-        rows = read_orders(body, source, self.limits)
-        first = next(rows, None)  # header problems raise here, before anything is published
-        rejects = io.StringIO()
-        reject_count = 0
+        rows = read_orders(body, source, self.limits)  # refuses a non-CSV file here
+        with tempfile.SpooledTemporaryFile(max_size=1024**2, mode="w+", newline="") as rejects:
+            summary.published = self.transport.publish(self._messages(rows, rejects, summary))
+            if summary.rejected:
+                summary.rejects_key = rejects_key(key)
+                rejects.seek(0)
+                self.s3.put_object(
+                    Bucket=bucket,
+                    Key=summary.rejects_key,
+                    Body=rejects.read().encode(),
+                    ContentType="text/csv",
+                )
 
-        def note_reject(reject: Reject) -> None:
-            nonlocal reject_count
-            reject_count += 1
-            write_rejects([reject], rejects)
-            log.warning("%s line %d rejected: %s", source, reject.line, reject.reason)
-
-        def messages() -> Iterator[OutgoingMessage]:
-            stream = itertools.chain([first] if first is not None else [], rows)
-            batch: list[Order] = []
-            for item in stream:
-                summary.rows += 1
-                if isinstance(item, Reject):
-                    note_reject(item)
-                    continue
-                batch.append(item)
-                if len(batch) >= LEDGER_BATCH:
-                    yield from self._record(batch, source, summary)
-                    batch = []
-            yield from self._record(batch, source, summary)
-
-        summary.published = self.transport.publish(messages())
-        summary.rejected = reject_count
-        if reject_count:
-            summary.rejects_key = rejects_key(key)
-            self.s3.put_object(
-                Bucket=bucket,
-                Key=summary.rejects_key,
-                Body=_with_header(rejects.getvalue()).encode(),
-                ContentType="text/csv",
-            )
+    def _messages(
+        self, rows: Iterator[Order | Reject], rejects: IO[str], summary: FileSummary
+    ) -> Iterator[OutgoingMessage]:
+        """Messages for the valid rows, recorded in the ledger a batch at a time;
+        rejects are written to ``rejects`` as they come."""
+        batch: list[Order] = []
+        for item in rows:
+            summary.rows += 1
+            if isinstance(item, Reject):
+                write_rejects([item], rejects, header=summary.rejected == 0)
+                summary.rejected += 1
+                log.warning("%s line %d rejected: %s", summary.file, item.line, item.reason)
+                continue
+            batch.append(item)
+            if len(batch) >= LEDGER_BATCH:
+                yield from self._record(batch, summary.file, summary)
+                batch = []
+        yield from self._record(batch, summary.file, summary)
 
     def _record(
         self, batch: list[Order], source: str, summary: FileSummary
@@ -192,10 +187,6 @@ class OrderPublisher:
                 log.info("order already delivered; left alone", extra={"order_id": order.order_id})
                 continue
             yield OutgoingMessage(order.to_json(), order.order_id, f"order:{order.order_id}")
-
-
-def _with_header(rows: str) -> str:
-    return "line,reason,raw\r\n" + rows if not rows.startswith("line,") else rows
 
 
 def _aws_error(exc: Exception) -> str:

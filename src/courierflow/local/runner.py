@@ -7,11 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
-
 from courierflow.errors import StackError
 from courierflow.ledger.base import FileRecord, FileState, Ledger
-from courierflow.local.stack import StackInfo
+from courierflow.local.stack import StackInfo, local_client
 from courierflow.orders import OrderState
 from courierflow.report.summary import RunSummary, summarize
 
@@ -40,7 +38,7 @@ def upload(info: StackInfo, path: Path, key: str | None = None) -> tuple[str, st
     """Put ``path`` in the stack's bucket; returns (key, etag)."""
     if not path.is_file():
         raise StackError(f"{path}: no such file")
-    s3 = boto3.client("s3", endpoint_url=info.moto_url, region_name="us-east-1")
+    s3 = local_client("s3", info.moto_url)
     key = key or path.name
     with open(path, "rb") as body:
         etag = s3.put_object(Bucket=info.bucket, Key=key, Body=body)["ETag"].strip('"')

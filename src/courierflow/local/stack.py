@@ -19,6 +19,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import boto3
 import pika
@@ -46,6 +47,8 @@ FAILURE_QUEUE = "courierflow-delivery-failures"
 #: the stack's description, under the state folder
 STACK_FILE = "stack.json"
 PUBLISHER = "lambda_order_publisher"
+#: what boto3 signs requests to the local stand-ins with
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 DELIVERY = "lambda_delivery"
 
 
@@ -94,8 +97,9 @@ class StackInfo:
             "AWS_ENDPOINT_URL_S3": self.moto_url,
             "AWS_ENDPOINT_URL_SQS": self.moto_url,
             "AWS_ENDPOINT_URL_LAMBDA": self.lambda_url,
-            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
-            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+            # Local servers get dummy credentials, never the user's real ones.
+            "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
             "COURIERFLOW_AMQP_URL": self.amqp_url,
@@ -121,6 +125,8 @@ def load(home: Path) -> StackInfo | None:
 
 
 def broker_answers(url: str) -> bool:
+    """True when a broker accepts a connection at ``url`` (pika's own error logs muted)."""
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     params = pika.URLParameters(url)
     params.connection_attempts = 1
     params.socket_timeout = 2
@@ -247,10 +253,17 @@ def _function_env(options: StackOptions) -> dict[str, str]:
     }
 
 
+def local_client(service: Literal["s3", "sqs"], endpoint: str) -> Any:
+    """A boto3 client for one of the local stand-ins."""
+    return boto3.client(
+        service, endpoint_url=endpoint, region_name="us-east-1", **LOCAL_CREDENTIALS
+    )
+
+
 def _create_aws_resources(moto_url: str) -> tuple[str, str]:
     """The bucket, its notification to the upload queue, and the failure queue."""
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
-    sqs = boto3.client("sqs", endpoint_url=moto_url, region_name="us-east-1")
+    s3 = local_client("s3", moto_url)
+    sqs = local_client("sqs", moto_url)
     s3.create_bucket(Bucket=BUCKET)
     upload_q = sqs.create_queue(QueueName=UPLOAD_QUEUE, Attributes={"VisibilityTimeout": "900"})[
         "QueueUrl"

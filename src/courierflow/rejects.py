@@ -1,0 +1,53 @@
+"""The rejects report: one CSV row per rejected line, safe to open in a spreadsheet."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from typing import IO
+
+from courierflow.orders import Reject
+
+#: reports go under this prefix in the upload bucket (and are never processed as orders)
+REJECTS_PREFIX = "rejects/"
+HEADER = ("line", "reason", "raw")
+#: a spreadsheet treats a cell starting with these as a formula
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def rejects_key(key: str) -> str:
+    """Where the report of ``key`` goes: ``rejects/<key>``."""
+    return REJECTS_PREFIX + key
+
+
+def neutralise(value: str) -> str:
+    """Make a cell inert for spreadsheets (a leading quote shows the text as typed)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def write_rejects(rejects: Iterable[Reject], out: IO[str], header: bool = True) -> int:
+    """Write the report rows (and the header line); returns how many rejects."""
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(HEADER)
+    count = 0
+    for reject in rejects:
+        raw = _join(reject.raw)
+        writer.writerow([reject.line, neutralise(reject.reason), neutralise(raw)])
+        count += 1
+    return count
+
+
+def _join(fields: list[str]) -> str:
+    line: list[str] = []
+    csv.writer(_ListWriter(line), lineterminator="").writerow(fields)
+    return "".join(line)
+
+
+class _ListWriter:
+    def __init__(self, parts: list[str]) -> None:
+        self.parts = parts
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)

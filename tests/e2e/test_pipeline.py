@@ -1,0 +1,105 @@
+"""The whole system on one machine: CSV upload -> publisher -> RabbitMQ -> manager ->
+one delivery Lambda per order, with every part real (private RabbitMQ node, moto's
+server, the local Lambda service, the manager and reconciler as processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from courierflow.ledger.base import open_ledger
+from courierflow.local import stack
+from courierflow.orders import OrderState
+from tests.stackfixtures import running_stack, s3_client, upload_and_follow, write_orders
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+FAST = stack.StackOptions(fleet=128, time_scale=0.01, stuck_after_s=30)
+
+
+def test_500_orders_are_each_delivered_once_and_in_parallel(tmp_path: Path, amqp_url: str) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 500)
+    with running_stack(tmp_path / "home", amqp_url, FAST) as info:
+        summary = upload_and_follow(info, tmp_path / "orders.csv")
+        records = open_ledger(info.ledger_url).orders()
+
+    assert (summary.rows, summary.published, summary.rejected) == (500, 500, 0)
+    assert (summary.delivered, summary.failed, summary.lost) == (500, 0, 0)
+    assert sorted(r.order_id for r in records) == ids
+    assert all(r.state is OrderState.DELIVERED for r in records)
+    assert all(r.attempts == 1 for r in records), "an order was claimed twice"
+    assert all(2 <= (r.delay_s or 0) <= 10 for r in records)
+    assert summary.peak_concurrency >= 20, "deliveries did not overlap"
+
+
+def test_bad_rows_are_named_with_line_numbers_and_the_good_ones_delivered(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "order_id;customer;quantity\r\n"
+        "A-1;Ann;2\r\n"
+        ";nobody;1\r\n"
+        "A-2;Bob;zero\r\n"
+        "A-1;Ann again;1\r\n"
+        'A-3;"Cy\nline two";1\r\n'
+    )
+    with running_stack(tmp_path / "home", amqp_url, FAST) as info:
+        summary = upload_and_follow(info, path)
+        rejects = s3_client(info).get_object(Bucket=info.bucket, Key="rejects/mixed.csv")
+        report = rejects["Body"].read().decode()
+        delivered = {r.order_id for r in open_ledger(info.ledger_url).orders()}
+
+    assert delivered == {"A-1", "A-3"}
+    assert (summary.rows, summary.published, summary.rejected, summary.delivered) == (5, 2, 3, 2)
+    lines = report.splitlines()
+    assert lines[0] == "line,reason,raw"
+    assert [line.split(",")[0] for line in lines[1:]] == ["3", "4", "5"]
+    assert "duplicate" in lines[3]
+
+
+def test_courierflow_run_reports_json_and_exits_zero(tmp_path: Path, amqp_url: str) -> None:
+    write_orders(tmp_path / "orders.csv", 60)
+    env = {
+        **os.environ,
+        "COURIERFLOW_HOME": str(tmp_path / "home"),
+        "COURIERFLOW_AMQP_URL": amqp_url,
+        "COURIERFLOW_QUEUE": "orders-cli",
+    }
+    out = tmp_path / "report.json"
+    cli = [sys.executable, "-m", "courierflow.cli"]
+    result = subprocess.run(
+        [
+            *cli,
+            "run",
+            str(tmp_path / "orders.csv"),
+            "--time-scale",
+            "0.01",
+            "--report-json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for key in (
+        "rows",
+        "rejected",
+        "published",
+        "delivered",
+        "failed",
+        "lost",
+        "duplicates",
+        "makespan_s",
+        "peak_concurrency",
+    ):
+        assert key in figures
+    assert figures["delivered"] == 60 and figures["lost"] == 0
+    assert stack.load(tmp_path / "home") is None, "run left its stack running"
