@@ -255,9 +255,8 @@ def _function_env(options: StackOptions) -> dict[str, str]:
 
 def local_client(service: Literal["s3", "sqs"], endpoint: str) -> Any:
     """A boto3 client for one of the local stand-ins."""
-    return boto3.client(
-        service, endpoint_url=endpoint, region_name="us-east-1", **LOCAL_CREDENTIALS
-    )
+    make: Any = boto3.client
+    return make(service, endpoint_url=endpoint, region_name="us-east-1", **LOCAL_CREDENTIALS)
 
 
 def _create_aws_resources(moto_url: str) -> tuple[str, str]:
