@@ -1,0 +1,3 @@
+"""A module that raises while being imported."""
+
+raise RuntimeError("configuration missing at import")
