@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,28 @@ def wait_for_file(info: stack.StackInfo, key: str, timeout_s: float = 60.0) -> N
 
 def s3_client(info: stack.StackInfo) -> Any:
     return stack.local_client("s3", info.moto_url)
+
+
+def deliveries_per_order(info: stack.StackInfo) -> dict[str, int]:
+    """How many times the delivery handler itself logged a completed trip, per order:
+    the evidence that no order was delivered twice, independent of the ledger."""
+    counts: dict[str, int] = {}
+    path = Path(info.home) / "lambda" / "logs" / "lambda_delivery.log"
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if str(doc.get("message", "")).startswith("delivered in"):
+            counts[doc["order_id"]] = counts.get(doc["order_id"], 0) + 1
+    return counts
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s} s for {what}")
+        time.sleep(0.2)

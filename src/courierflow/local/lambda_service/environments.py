@@ -81,6 +81,8 @@ class EnvironmentPool:
         self.config = config
         self.socket_path = str(socket_dir / f"{config.name}.sock")
         self.log_path = log_dir / f"{config.name}.runtime.log"
+        #: the function's CloudWatch-shaped log, appended to by the environments
+        self.function_log = log_dir / f"{config.name}.log"
         self.code_dirs = code_dirs
         self.idle: deque[Environment] = deque()
         self.busy: set[Environment] = set()
@@ -101,7 +103,11 @@ class EnvironmentPool:
         self._reaper = asyncio.create_task(self._reap_idle())
 
     async def _start_zygote(self) -> None:
-        spec = {**asdict(self.config), "code_dirs": self.code_dirs}
+        spec = {
+            **asdict(self.config),
+            "code_dirs": self.code_dirs,
+            "log_file": str(self.function_log),
+        }
         env = {**os.environ, **self.lambda_environment()}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:

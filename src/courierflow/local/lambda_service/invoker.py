@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from courierflow.local.lambda_service.environments import (
     EnvironmentDied,
     EnvironmentPool,
 )
+from courierflow.local.lambda_service.logformat import log_block
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,11 @@ class Function:
         return await self.run(env, payload, str(uuid.uuid4()))
 
     async def run(self, env: Environment, payload: bytes, request_id: str) -> Outcome:
-        """One invocation on ``env``; the environment goes back to the pool afterwards."""
+        """One invocation on ``env``; the environment goes back to the pool afterwards.
+
+        A healthy environment writes the invocation's log itself; when it times out or
+        dies, the service writes the block (as Lambda's own runtime would)."""
         self.counters.invocations += 1
-        cold = env.cold
-        spawn_ms = (time.monotonic() - env.created) * 1000
         request = {
             "request_id": request_id,
             "payload": payload.decode("utf-8"),
@@ -116,63 +117,37 @@ class Function:
             "arn": self.config.arn,
         }
         started = time.perf_counter()
-        healthy = True
+        healthy = False
         try:
             reply = await env.invoke(request, self.config.timeout)
-            ok, body, output = bool(reply["ok"]), reply["body"].encode(), reply.get("log", "")
-            memory = int(reply.get("max_memory_mb", 0))
-            healthy = ok or "Runtime." not in reply["body"]
+            healthy = reply["ok"] or "Runtime." not in reply["body"]
+            outcome = Outcome(request_id, bool(reply["ok"]), reply["body"].encode(), reply["log"])
         except asyncio.TimeoutError:
-            healthy, ok, output, memory = False, False, "", 0
             message = f"Task timed out after {self.config.timeout:.2f} seconds"
-            body = json.dumps(
-                {
-                    "errorMessage": f"{_now()} {request_id} {message}",
-                    "errorType": "Sandbox.Timedout",
-                }
-            ).encode()
-            output = f"{_now()} {request_id} {message}\n"
+            doc = {
+                "errorMessage": f"{_now()} {request_id} {message}",
+                "errorType": "Sandbox.Timedout",
+            }
+            outcome = self._service_side_error(request_id, doc, started)
         except EnvironmentDied:
-            healthy, ok, memory = False, False, 0
             doc = {
                 "errorMessage": f"RequestId: {request_id} Error: Runtime exited without "
                 "providing a reason",
                 "errorType": "Runtime.ExitError",
             }
-            body = json.dumps(doc).encode()
-            output = f"{doc['errorMessage']}\n"
+            outcome = self._service_side_error(request_id, doc, started)
         finally:
             self.pool.release(env, healthy)
-        duration = (time.perf_counter() - started) * 1000
-        if not ok:
+        if not outcome.ok:
             self.counters.errors += 1
-        text = self._write_log(request_id, output, duration, memory, spawn_ms if cold else None)
-        return Outcome(request_id, ok, body, text)
+        return outcome
 
-    def _write_log(
-        self,
-        request_id: str,
-        output: str,
-        duration_ms: float,
-        memory_mb: int,
-        init_ms: float | None,
-    ) -> str:
-        if output and not output.endswith("\n"):
-            output += "\n"
-        report = (
-            f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
-            f"Billed Duration: {math.ceil(duration_ms)} ms\tMemory Size: {self.config.memory} MB\t"
-            f"Max Memory Used: {memory_mb} MB"
-        )
-        if init_ms is not None:
-            report += f"\tInit Duration: {init_ms:.2f} ms"
-        text = (
-            f"START RequestId: {request_id} Version: $LATEST\n{output}"
-            f"END RequestId: {request_id}\n{report}\n"
-        )
-        self._log_file.write(text)  # one write per invocation: blocks never interleave
+    def _service_side_error(self, request_id: str, doc: dict[str, str], started: float) -> Outcome:
+        duration = (time.perf_counter() - started) * 1000
+        text = log_block(request_id, f"{doc['errorMessage']}\n", duration, self.config.memory, 0)
+        self._log_file.write(text)
         self._log_file.flush()
-        return text
+        return Outcome(request_id, False, json.dumps(doc).encode(), text)
 
     # --- asynchronous ------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from courierflow.local.lambda_service.logformat import log_block
 from courierflow.local.lambda_service.protocol import encode, recv_frame
 
 #: handler output kept per invocation for the log (the rest is cut, with a note)
@@ -119,25 +120,42 @@ def serve_invocations(
     config: dict[str, Any],
     handler: Handler | None,
     init_error: dict[str, Any] | None,
+    forked_at: float,
 ) -> None:
-    """The environment's loop: one invocation at a time until the service hangs up."""
+    """The environment's loop: one invocation at a time until the service hangs up.
+
+    The environment appends each invocation's log block to the function's log itself
+    (one O_APPEND write), so the log survives even if the service dies."""
     os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = (
         time.strftime("%Y/%m/%d") + f"/[$LATEST]{os.getpid():08x}{os.urandom(8).hex()}"
     )
     output = _Output()
+    log_fd = os.open(config["log_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(sock_path)
+    init_ms: float | None = (time.monotonic() - forked_at) * 1000
     sock.sendall(encode({"pid": os.getpid()}))
     while True:
         request = recv_frame(sock)
         if request is None:
             os._exit(0)
         reply, exit_code = invoke_once(config, handler, init_error, request)
-        reply["log"] = output.take() + reply.pop("log_extra", "")
-        reply["max_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        if exit_code is None and reply["max_memory_mb"] > int(config["memory"]):
+        text = output.take() + reply.pop("log_extra", "")
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        if exit_code is None and memory > int(config["memory"]):
             reply.update(ok=False, body=json.dumps(_out_of_memory(request["request_id"])))
             exit_code = 137
+        block = log_block(
+            request["request_id"],
+            text,
+            reply.get("duration_ms", 0.0),
+            int(config["memory"]),
+            memory,
+            init_ms,
+        )
+        init_ms = None
+        os.write(log_fd, block.encode("utf-8", "replace"))
+        reply["log"] = block
         sock.sendall(encode(reply))
         if exit_code is not None:
             os._exit(exit_code)
@@ -211,12 +229,13 @@ def main() -> None:
     for line in sys.stdin:
         if line.strip() != "fork":
             continue
+        forked_at = time.monotonic()
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             sys.stdin.close()
             try:
-                serve_invocations(sock_path, config, handler, init_error)
+                serve_invocations(sock_path, config, handler, init_error, forked_at)
             finally:
                 os._exit(1)
     # stdin closed: the service is gone; environments notice their socket closing.

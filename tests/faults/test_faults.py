@@ -1,0 +1,213 @@
+"""Fault injection on the real parts: processes killed with real signals, a broker
+restarted under load, duplicate notifications, poison messages, failing deliveries.
+
+Every test checks the two promises from the ledger and from the delivery handler's own
+log: every order finished (nothing lost) and no order was delivered twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+import pytest
+
+from courierflow.ledger.base import FileState, open_ledger
+from courierflow.local import stack
+from courierflow.local.processes import RabbitNode
+from courierflow.orders import OrderState
+from courierflow.transports.base import open_transport
+from tests.stackfixtures import (
+    deliveries_per_order,
+    running_stack,
+    upload_and_follow,
+    wait_until,
+    write_orders,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+
+
+def fast(**changes: object) -> stack.StackOptions:
+    options = stack.StackOptions(fleet=128, time_scale=0.01, stuck_after_s=10, reconcile_every_s=1)
+    for key, value in changes.items():
+        setattr(options, key, value)
+    return options
+
+
+def assert_each_delivered_once(info: stack.StackInfo, ids: list[str]) -> None:
+    records = open_ledger(info.ledger_url).orders()
+    assert sorted(r.order_id for r in records) == sorted(ids)
+    assert {r.state for r in records} == {OrderState.DELIVERED}
+    per_order = deliveries_per_order(info)
+    assert sorted(per_order) == sorted(ids), "an order has no logged delivery"
+    twice = {k: v for k, v in per_order.items() if v > 1}
+    assert not twice, f"delivered more than once: {list(twice)[:5]}"
+
+
+def delivered(info: stack.StackInfo) -> int:
+    return open_ledger(info.ledger_url).counts()[OrderState.DELIVERED]
+
+
+def test_manager_killed_mid_run_redelivers_without_duplicates(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 2000)
+    home = tmp_path / "home"
+    with running_stack(home, amqp_url, fast(time_scale=0.02)) as info:
+        from courierflow.local import runner
+
+        key, etag = runner.upload(info, tmp_path / "orders.csv")
+        kills = 0
+        rng = random.Random(4)
+        while delivered(info) < 1900 and kills < 5:
+            time.sleep(rng.uniform(0.3, 1.2))
+            pid = stack.load(home).pids["manager-0"]  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            stack.restart(home, "manager-0")
+        summary = runner.follow(
+            open_ledger(info.ledger_url), info.bucket, key, etag, time.time(), 60
+        )
+        assert kills >= 2
+        assert (summary.delivered, summary.lost, summary.failed) == (2000, 0, 0)
+        assert_each_delivered_once(info, ids)
+
+
+def test_broker_restarts_during_publishing_and_dispatch_lose_nothing(
+    tmp_path: Path, rabbitmq: RabbitNode
+) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 3000)
+    with running_stack(tmp_path / "home", rabbitmq.amqp_url, fast(time_scale=0.05)) as info:
+        from courierflow.local import runner
+
+        ledger = open_ledger(info.ledger_url)
+        rabbitmq.broker.stop()  # the broker goes away before the file arrives
+        key, etag = runner.upload(info, tmp_path / "orders.csv")
+        wait_until(
+            lambda: ledger.get_file(info.bucket, key, etag) is not None, 30, "publisher start"
+        )
+        time.sleep(2)
+        rabbitmq.restart()  # ... and comes back while the publisher retries
+        wait_until(lambda: delivered(info) > 600, 120, "deliveries under way")
+        rabbitmq.restart()  # again, in the middle of dispatch
+        summary = runner.follow(ledger, info.bucket, key, etag, time.time(), 90)
+        record = ledger.get_file(info.bucket, key, etag)
+        assert record is not None and record.state is FileState.DONE
+        assert (summary.published, summary.delivered, summary.lost) == (3000, 3000, 0)
+        assert_each_delivered_once(info, ids)
+
+
+def test_lambda_service_killed_mid_run_orders_are_caught_by_the_reconciler(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 1000)
+    home = tmp_path / "home"
+    with running_stack(home, amqp_url, fast(time_scale=0.05, stuck_after_s=3)) as info:
+        from courierflow.local import runner
+
+        key, etag = runner.upload(info, tmp_path / "orders.csv")
+        wait_until(lambda: delivered(info) > 200, 60, "deliveries under way")
+        os.killpg(info.pids["lambda"], signal.SIGKILL)  # service, zygotes, environments
+        time.sleep(0.5)
+        stack.restart(home, "lambda")
+        summary = runner.follow(
+            open_ledger(info.ledger_url), info.bucket, key, etag, time.time(), 90
+        )
+        assert (summary.delivered, summary.lost, summary.failed) == (1000, 0, 0)
+        assert_each_delivered_once(info, ids)
+        reconciler_log = (home / "logs" / "reconciler.log").read_text()
+        assert "re-dispatched order stuck" in reconciler_log
+
+
+def test_failing_deliveries_are_retried_then_failed_with_a_reason(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 400)
+    options = fast(fail_rate=0.05, retry_delays="0.1,0.2")
+    with running_stack(tmp_path / "home", amqp_url, options) as info:
+        summary = upload_and_follow(info, tmp_path / "orders.csv", stall_timeout_s=60)
+        records = open_ledger(info.ledger_url).orders()
+        status = subprocess.run(
+            [sys.executable, "-m", "courierflow.cli", "status"],
+            env={**os.environ, **info.client_env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    failed = [r for r in records if r.state is OrderState.FAILED]
+    assert 5 <= len(failed) <= 40, "about 5% of 400 should fail"
+    assert summary.failed == len(failed) and summary.lost == 0
+    assert summary.delivered == 400 - len(failed)
+    for record in failed:
+        assert "injected failure" in record.reason
+        assert "after 3 attempts" in record.reason  # 1 + Lambda's 2 retries
+    assert failed[0].order_id in status.stdout + status.stderr
+    assert len({r.order_id for r in records}) == len(ids)
+
+
+def test_duplicate_notifications_and_reuploads_deliver_each_order_once(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 300)
+    with running_stack(tmp_path / "home", amqp_url, fast()) as info:
+        first = upload_and_follow(info, tmp_path / "orders.csv")
+        record = open_ledger(info.ledger_url).get_file(info.bucket, "orders.csv")
+        assert record is not None
+        sqs = stack.local_client("sqs", info.moto_url)
+        notification = {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "s3": {
+                        "bucket": {"name": info.bucket},
+                        "object": {"key": "orders.csv", "eTag": record.etag},
+                    },
+                }
+            ]
+        }
+        for _ in range(3):
+            sqs.send_message(QueueUrl=info.upload_queue_url, MessageBody=json.dumps(notification))
+        again = upload_and_follow(info, tmp_path / "orders.csv")  # same content again
+        time.sleep(3)  # let the duplicates reach the publisher
+        lambda_log = (
+            Path(info.home) / "lambda" / "logs" / "lambda_order_publisher.log"
+        ).read_text()
+        assert lambda_log.count("already processed") >= 3
+        assert first.delivered == 300 and again.published == 0
+        assert_each_delivered_once(info, ids)
+
+
+def test_a_poison_message_is_dead_lettered_and_the_manager_keeps_going(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 100)
+    with running_stack(tmp_path / "home", amqp_url, fast()) as info:
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            conn.channel().basic_publish("", info.queue, b"\x00not json at all")
+        finally:
+            conn.close()
+        summary = upload_and_follow(info, tmp_path / "orders.csv")
+        transport = open_transport(amqp_url, info.queue)
+        wait_until(lambda: len(transport.dead_letters()) == 1, 30, "the poison message in the DLQ")
+        letter = transport.dead_letters()[0]
+        assert letter.body == b"\x00not json at all" and letter.reason == "rejected"
+        assert (summary.delivered, summary.lost) == (100, 0)
+        assert_each_delivered_once(info, ids)
+
+
+def test_two_managers_on_one_queue_deliver_each_order_once(tmp_path: Path, amqp_url: str) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 1000)
+    with running_stack(tmp_path / "home", amqp_url, fast(managers=2)) as info:
+        summary = upload_and_follow(info, tmp_path / "orders.csv")
+        logs = [(Path(info.home) / "logs" / f"manager-{i}.log").read_text() for i in (0, 1)]
+        assert (summary.delivered, summary.lost, summary.duplicates) == (1000, 0, 0)
+        assert_each_delivered_once(info, ids)
+        assert all("consuming" in log for log in logs), "both managers consumed"
