@@ -206,6 +206,8 @@ def _print_summary(s: RunSummary) -> None:
     console.print(table)
     if s.refused:
         console.print(f"[red]file refused:[/red] {s.refused}")
+    if s.note:
+        console.print(f"[yellow]note:[/yellow] {s.note}")
     if s.rejected:
         console.print(
             f"rejected rows are listed in s3://{stack.BUCKET}/rejects/ (line, reason, row)"

@@ -189,13 +189,14 @@ def test_a_poison_message_is_dead_lettered_and_the_manager_keeps_going(
 ) -> None:
     ids = write_orders(tmp_path / "orders.csv", 100)
     with running_stack(tmp_path / "home", amqp_url, fast()) as info:
+        transport = open_transport(amqp_url, info.queue)
+        transport.depth()  # declares the queue, so the raw publish below is not dropped
         conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
         try:
             conn.channel().basic_publish("", info.queue, b"\x00not json at all")
         finally:
             conn.close()
         summary = upload_and_follow(info, tmp_path / "orders.csv")
-        transport = open_transport(amqp_url, info.queue)
         wait_until(lambda: len(transport.dead_letters()) == 1, 30, "the poison message in the DLQ")
         letter = transport.dead_letters()[0]
         assert letter.body == b"\x00not json at all" and letter.reason == "rejected"

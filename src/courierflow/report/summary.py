@@ -27,6 +27,8 @@ class RunSummary:
     peak_concurrency: int
     throughput_per_s: float
     refused: str = ""
+    #: set when the upload repeated content already processed (nothing published again)
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,15 +52,16 @@ def summarize(
     file: FileRecord | None, records: Sequence[OrderRecord], started_at: float
 ) -> RunSummary:
     """Figures for the orders of one file; ``started_at`` is when the upload began."""
+    repeat = file is not None and (file.started_at or 0) < started_at
     delivered = [r for r in records if r.state is OrderState.DELIVERED]
     failed = sum(1 for r in records if r.state is OrderState.FAILED)
     ends = [r.finished_at for r in delivered if r.finished_at]
-    makespan = max(ends) - started_at if ends else 0.0
+    makespan = max(ends) - started_at if ends and not repeat else 0.0
     return RunSummary(
         file=file.source if file else "",
         rows=file.rows if file else 0,
         rejected=file.rejected if file else 0,
-        published=file.published if file else 0,
+        published=file.published if file and not repeat else 0,
         skipped=file.skipped if file else 0,
         delivered=len(delivered),
         failed=failed,
@@ -68,4 +71,7 @@ def summarize(
         peak_concurrency=peak_concurrency(records),
         throughput_per_s=round(len(delivered) / makespan, 2) if makespan > 0 else 0.0,
         refused=file.error if file and file.state.value == "refused" else "",
+        note="identical to an upload already processed: nothing was published again"
+        if repeat
+        else "",
     )
