@@ -52,6 +52,15 @@ TimeScale = Annotated[
 FailRate = Annotated[
     float, typer.Option(help="Fraction of orders whose delivery fails (fault injection).")
 ]
+TransportOpt = Annotated[
+    str, typer.Option("--transport", help="Queue: rabbitmq, or sqs (moto's SQS locally).")
+]
+ModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mode", help="manager (a consumer invokes each delivery) or serverless (sqs only)."
+    ),
+]
 
 
 def _settings() -> Settings:
@@ -78,10 +87,17 @@ def up(
     time_scale: TimeScale = 1.0,
     fail_rate: FailRate = 0.0,
     managers: Annotated[int, typer.Option(help="Manager processes consuming the queue.")] = 1,
+    transport: TransportOpt = "rabbitmq",
+    mode: ModeOpt = "manager",
 ) -> None:
     """Start the local stack: RabbitMQ, moto (S3, SQS), the Lambda service, the manager."""
     options = stack.StackOptions(
-        fleet=fleet, time_scale=time_scale, fail_rate=fail_rate, managers=managers
+        fleet=fleet,
+        time_scale=time_scale,
+        fail_rate=fail_rate,
+        managers=managers,
+        transport=transport,
+        mode=mode,
     )
     with console.status("starting the local stack (RabbitMQ takes ~20 s on first start)"):
         info = stack.up(_settings(), options)
@@ -90,7 +106,7 @@ def up(
 
 def _print_stack(info: stack.StackInfo) -> None:
     table = Table(title="courierflow local stack", show_header=False)
-    table.add_row("RabbitMQ", info.amqp_url.split("@")[-1])
+    table.add_row("queue", (info.queue_url or info.amqp_url).split("@")[-1])
     table.add_row("S3 / SQS (moto)", info.moto_url)
     table.add_row("Lambda API", info.lambda_url)
     table.add_row("bucket", info.bucket)
@@ -123,6 +139,8 @@ def run(
         float, typer.Option(help="Seconds without progress before remaining orders count lost.")
     ] = 180.0,
     keep_up: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
+    transport: TransportOpt = "rabbitmq",
+    mode: ModeOpt = "manager",
 ) -> None:
     """Run FILE through the whole system on this machine and report every order.
 
@@ -136,7 +154,9 @@ def run(
     info = stack.load(settings.home)
     started_here = info is None or not info.alive()
     if started_here:
-        options = stack.StackOptions(fleet=fleet, time_scale=time_scale, fail_rate=fail_rate)
+        options = stack.StackOptions(
+            fleet=fleet, time_scale=time_scale, fail_rate=fail_rate, transport=transport, mode=mode
+        )
         with console.status("starting the local stack (RabbitMQ takes ~20 s on first start)"):
             info = stack.up(settings, options)
     assert info is not None

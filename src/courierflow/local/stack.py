@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: the upload bucket and the queue its notifications go to
 BUCKET = "courierflow-orders"
 UPLOAD_QUEUE = "courierflow-uploads"
+#: the order queue when the transport is SQS
+ORDERS_QUEUE = "courierflow-orders-queue"
 #: where deliveries that failed after Lambda's retries are sent (on-failure destination)
 FAILURE_QUEUE = "courierflow-delivery-failures"
 #: the stack's description, under the state folder
@@ -70,6 +72,10 @@ class StackOptions:
     stuck_after_s: float = 60.0
     managers: int = 1
     keep_ledger: bool = False
+    #: "rabbitmq" or "sqs" (moto's SQS locally)
+    transport: str = "rabbitmq"
+    #: "manager" (the EC2 consumer) or "serverless" (SQS invokes the delivery directly)
+    mode: str = "manager"
 
 
 @dataclass
@@ -90,6 +96,8 @@ class StackInfo:
     #: name -> command line, for the processes `restart` can start again
     commands: dict[str, list[str]] = field(default_factory=dict)
     queue: str = "orders"
+    #: where orders are queued: the AMQP URL, or the SQS queue URL
+    queue_url: str = ""
 
     def client_env(self) -> dict[str, str]:
         """Environment that points boto3 and courierflow at this stack."""
@@ -103,6 +111,7 @@ class StackInfo:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
             "COURIERFLOW_AMQP_URL": self.amqp_url,
+            "COURIERFLOW_QUEUE_URL": self.queue_url or self.amqp_url,
             "COURIERFLOW_LEDGER_URL": self.ledger_url,
             "COURIERFLOW_HOME": self.home,
             "COURIERFLOW_QUEUE": self.queue,
@@ -169,7 +178,13 @@ def _start(
     ledger_path: Path,
     started: list[tuple[str, int]],
 ) -> StackInfo:
-    if broker_answers(settings.amqp_url):
+    if options.mode == "serverless" and options.transport != "sqs":
+        raise StackError("--mode serverless needs --transport sqs (SQS invokes the function)")
+    if options.transport not in ("rabbitmq", "sqs"):
+        raise StackError(f"unknown transport {options.transport!r}: use rabbitmq or sqs")
+    if options.transport == "sqs":
+        amqp_url = ""  # no broker to run
+    elif broker_answers(settings.amqp_url):
         amqp_url = settings.amqp_url
         log.info("using the RabbitMQ answering at %s", settings.amqp_url.split("@")[-1])
     else:
@@ -180,6 +195,13 @@ def _start(
     started.append(("moto", moto.pid))
     moto_url = f"http://127.0.0.1:{moto.port}"
     upload_q, failure_q = _create_aws_resources(moto_url)
+    queue_url = ""
+    if options.transport == "sqs":
+        from courierflow.transports.sqs import SQSTransport
+
+        queue_url, _ = SQSTransport(
+            f"sqs://{ORDERS_QUEUE}", client=local_client("sqs", moto_url)
+        ).ensure_queues()
     info = StackInfo(
         home=str(home),
         amqp_url=amqp_url,
@@ -190,11 +212,13 @@ def _start(
         ledger_url=f"sqlite:///{ledger_path}",
         options=asdict(options),
         queue=settings.queue,
+        queue_url=queue_url,
     )
     lambda_port = free_port()
     info.lambda_url = f"http://127.0.0.1:{lambda_port}"
     info.commands["lambda"] = _lambda_service_argv(home, lambda_port, info, options)
-    for i in range(options.managers):
+    managers = options.managers if options.mode == "manager" else 0
+    for i in range(managers):
         info.commands[f"manager-{i}"] = [*_courierflow(), "manager"]
     info.commands["reconciler"] = [
         *_courierflow(),
@@ -310,6 +334,16 @@ def _lambda_service_argv(
         f"{DELIVERY}.on_failure={info.failure_queue_url}",
         "--event-source-sqs",
         f"{PUBLISHER}={info.upload_queue_url}",
+        *(
+            [
+                "--event-source-sqs",
+                f"{DELIVERY}={info.queue_url}",
+                "--set",
+                f"{DELIVERY}.sqs_batch_size=1",
+            ]
+            if options.mode == "serverless"
+            else []
+        ),
     ]
 
 

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +44,8 @@ WAIT_TIME_S = 20
 VISIBILITY_TIMEOUT_S = 60
 #: receivers polling at once
 RECEIVERS = 4
+#: seconds an ack waits for others to share its DeleteMessageBatch call
+DELETE_LINGER_S = 0.05
 #: message attribute carrying the order id (and the reason, on dead letters)
 ORDER_ID_ATTRIBUTE = "order_id"
 REASON_ATTRIBUTE = "courierflow_reason"
@@ -87,6 +90,7 @@ class SQSTransport(Transport):
         self._dlq_url = ""
         self.wait_time_s = wait_time_s
         self._slots: threading.BoundedSemaphore | None = None
+        self._acks: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
 
     # --- queue names and topology --------------------------------------------------------
@@ -105,10 +109,11 @@ class SQSTransport(Transport):
         """The queue and dead-letter queue URLs, creating both if missing (idempotent)."""
         with self._lock:
             if not self._url:
-                self._url, self._dlq_url = self._ensure_queues()
+                self._url, self._dlq_url = self.ensure_queues()
         return self._url, self._dlq_url
 
-    def _ensure_queues(self) -> tuple[str, str]:
+    def ensure_queues(self) -> tuple[str, str]:
+        """Create the queue with its redrive policy and dead-letter queue; return URLs."""
         fifo = {"FifoQueue": "true"} if self.fifo else {}
         dlq_name = self.name.removesuffix(".fifo") + "-dlq" + (".fifo" if self.fifo else "")
         try:
@@ -197,10 +202,51 @@ class SQSTransport(Transport):
             threading.Thread(target=self._receive_loop, args=(url, on_message, stop), daemon=True)
             for _ in range(RECEIVERS)
         ]
+        deleter = threading.Thread(target=self._delete_loop, args=(url, stop), daemon=True)
+        deleter.start()
         for thread in receivers:
             thread.start()
         for thread in receivers:
             thread.join()
+        self._acks.put(None)  # receivers are done: flush what is acked and stop
+        deleter.join()
+
+    def _delete_loop(self, url: str, stop: threading.Event) -> None:
+        """Delete acked messages with DeleteMessageBatch, up to 10 per call."""
+        done = False
+        while not done:
+            first = self._acks.get()
+            batch: list[str] = []
+            if first is None:
+                done = True
+            else:
+                batch.append(first)
+            while len(batch) < BATCH_SIZE:
+                try:
+                    more = self._acks.get(timeout=DELETE_LINGER_S)
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                batch.append(more)
+            if batch:
+                self._delete_batch(url, batch)
+
+    def _delete_batch(self, url: str, handles: list[str]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
+        try:
+            result = self._client.delete_message_batch(QueueUrl=url, Entries=entries)
+            failed = result.get("Failed") or []
+            if failed:
+                log.warning("%d deletes failed; those messages come back later", len(failed))
+        except (ClientError, BotoCoreError) as exc:
+            # Not deleted: the messages reappear after their visibility timeout. Not lost.
+            log.warning("DeleteMessageBatch failed: %s", _aws(exc))
+        finally:
+            if self._slots is not None:
+                for _ in handles:
+                    self._slots.release()
 
     def _receive_loop(
         self, url: str, on_message: Callable[[Delivery], None], stop: threading.Event
@@ -232,10 +278,11 @@ class SQSTransport(Transport):
     def _settle(self, message: dict[str, Any], action: str) -> None:
         url, dlq_url = self._urls()
         handle = message["ReceiptHandle"]
+        if action == "ack":
+            self._acks.put(handle)  # deleted in batches; the slot is freed then
+            return
         try:
-            if action == "ack":
-                self._client.delete_message(QueueUrl=url, ReceiptHandle=handle)
-            elif action == "requeue":
+            if action == "requeue":
                 received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
                 self._client.change_message_visibility(
                     QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=min(2**received, 300)
@@ -342,5 +389,5 @@ class SQSTransport(Transport):
     def purge(self) -> None:
         """Empty the queue and its dead-letter queue (tests and benchmarks)."""
         url, dlq_url = self._urls()
-        for queue in (url, dlq_url):
-            self._client.purge_queue(QueueUrl=queue)
+        for target in (url, dlq_url):
+            self._client.purge_queue(QueueUrl=target)

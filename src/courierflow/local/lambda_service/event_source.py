@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: long-poll wait per receive, seconds
 WAIT_TIME_S = 5
+#: receive loops per mapping at most (each waits on the queue and then on the function)
+MAX_RECEIVERS = 64
 
 
 def sqs_event(queue_arn: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -63,12 +65,20 @@ class SqsPoller:
     def __init__(self, function: Function, queue_url: str) -> None:
         self.function = function
         self.queue_url = queue_url
-        self.sqs: Any = boto3.client("sqs", config=Config(retries={"mode": "standard"}))
+        self.sqs: Any = boto3.client(
+            "sqs", config=Config(retries={"mode": "standard"}, max_pool_connections=MAX_RECEIVERS)
+        )
         self.batches = 0
 
     async def run(self) -> None:
+        """Poll with several concurrent receivers (Lambda scales its pollers with load)."""
         loop = asyncio.get_running_loop()
         arn = await loop.run_in_executor(None, self._queue_arn)
+        receivers = max(1, min(MAX_RECEIVERS, self.function.config.concurrency))
+        await asyncio.gather(*(self._poll(arn) for _ in range(receivers)))
+
+    async def _poll(self, arn: str) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 messages = await loop.run_in_executor(None, self._receive)

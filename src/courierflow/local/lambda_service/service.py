@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -31,6 +32,10 @@ async def serve(
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     socket_dir = Path(tempfile.mkdtemp(prefix="cf-lambda-"))  # short path: AF_UNIX limit
+    # Pollers and destinations block in boto3 calls on executor threads: room for all.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=128, thread_name_prefix="lambda-io")
+    )
     running: dict[str, Function] = {}
     pollers: list[asyncio.Task[None]] = []
     runner: web.AppRunner | None = None
