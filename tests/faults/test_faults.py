@@ -71,6 +71,7 @@ def test_manager_killed_mid_run_redelivers_without_duplicates(
     with running_stack(home, amqp_url, fast(time_scale=0.02, transport=transport)) as info:
         from courierflow.local import runner
 
+        uploaded = time.time()
         key, etag = runner.upload(info, tmp_path / "orders.csv")
         kills = 0
         rng = random.Random(4)
@@ -80,9 +81,7 @@ def test_manager_killed_mid_run_redelivers_without_duplicates(
             os.kill(pid, signal.SIGKILL)
             kills += 1
             stack.restart(home, "manager-0")
-        summary = runner.follow(
-            open_ledger(info.ledger_url), info.bucket, key, etag, time.time(), 60
-        )
+        summary = runner.follow(open_ledger(info.ledger_url), info.bucket, key, etag, uploaded, 60)
         assert kills >= 2
         assert (summary.delivered, summary.lost, summary.failed) == (len(ids), 0, 0)
         assert_each_delivered_once(info, ids)
@@ -97,6 +96,7 @@ def test_broker_restarts_during_publishing_and_dispatch_lose_nothing(
 
         ledger = open_ledger(info.ledger_url)
         rabbitmq.broker.stop()  # the broker goes away before the file arrives
+        uploaded = time.time()
         key, etag = runner.upload(info, tmp_path / "orders.csv")
         wait_until(
             lambda: ledger.get_file(info.bucket, key, etag) is not None, 30, "publisher start"
@@ -105,7 +105,7 @@ def test_broker_restarts_during_publishing_and_dispatch_lose_nothing(
         rabbitmq.restart()  # ... and comes back while the publisher retries
         wait_until(lambda: delivered(info) > 600, 120, "deliveries under way")
         rabbitmq.restart()  # again, in the middle of dispatch
-        summary = runner.follow(ledger, info.bucket, key, etag, time.time(), 90)
+        summary = runner.follow(ledger, info.bucket, key, etag, uploaded, 90)
         record = ledger.get_file(info.bucket, key, etag)
         assert record is not None and record.state is FileState.DONE
         assert (summary.published, summary.delivered, summary.lost) == (3000, 3000, 0)
@@ -122,14 +122,13 @@ def test_lambda_service_killed_mid_run_orders_are_caught_by_the_reconciler(
     with running_stack(home, amqp_url, options) as info:
         from courierflow.local import runner
 
+        uploaded = time.time()
         key, etag = runner.upload(info, tmp_path / "orders.csv")
         wait_until(lambda: delivered(info) > len(ids) // 5, 60, "deliveries under way")
         os.killpg(info.pids["lambda"], signal.SIGKILL)  # service, zygotes, environments
         time.sleep(0.5)
         stack.restart(home, "lambda")
-        summary = runner.follow(
-            open_ledger(info.ledger_url), info.bucket, key, etag, time.time(), 90
-        )
+        summary = runner.follow(open_ledger(info.ledger_url), info.bucket, key, etag, uploaded, 90)
         assert (summary.delivered, summary.lost, summary.failed) == (len(ids), 0, 0)
         assert_each_delivered_once(info, ids)
         reconciler_log = (home / "logs" / "reconciler.log").read_text()
@@ -221,7 +220,8 @@ def test_two_managers_on_one_queue_deliver_each_order_once(
     tmp_path: Path, amqp_url: str, transport: str
 ) -> None:
     ids = write_orders(tmp_path / "orders.csv", size(transport, 1000))
-    with running_stack(tmp_path / "home", amqp_url, fast(managers=2, transport=transport)) as info:
+    options = fast(managers=2, transport=transport, stuck_after_s=600)  # no re-dispatching
+    with running_stack(tmp_path / "home", amqp_url, options) as info:
         summary = upload_and_follow(info, tmp_path / "orders.csv")
         logs = [(Path(info.home) / "logs" / f"manager-{i}.log").read_text() for i in (0, 1)]
         assert (summary.delivered, summary.lost, summary.duplicates) == (len(ids), 0, 0)

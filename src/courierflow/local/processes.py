@@ -162,7 +162,7 @@ def rabbitmq_env(data_dir: Path, port: int, epmd_port: int) -> dict[str, str]:
         RABBITMQ_NODENAME=f"courierflow{port}@localhost",
         RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
         RABBITMQ_NODE_PORT=str(port),
-        RABBITMQ_DIST_PORT=str(port + 20000 if port < 45000 else port - 20000),
+        RABBITMQ_DIST_PORT=str(free_port()),  # inter-node port: nobody connects to it
         RABBITMQ_MNESIA_BASE=str(data_dir / "mnesia"),
         RABBITMQ_LOG_BASE=str(data_dir / "log"),
         RABBITMQ_PID_FILE=str(data_dir / "rabbitmq.pid"),

@@ -202,6 +202,7 @@ class SQSTransport(Transport):
             threading.Thread(target=self._receive_loop, args=(url, on_message, stop), daemon=True)
             for _ in range(RECEIVERS)
         ]
+        log.info("consuming %s with %d receivers (prefetch %d)", self.name, RECEIVERS, prefetch)
         deleter = threading.Thread(target=self._delete_loop, args=(url, stop), daemon=True)
         deleter.start()
         for thread in receivers:
