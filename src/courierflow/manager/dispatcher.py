@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from courierflow.errors import InvokeError
 from courierflow.ledger.base import Ledger
+from courierflow.manager.invoker import EventInvoker
 from courierflow.orders import Order
 from courierflow.transports.base import Delivery, Transport
 
@@ -56,7 +55,7 @@ class Dispatcher:
     def __init__(
         self,
         transport: Transport,
-        lambda_client: Any,
+        invoker: EventInvoker,
         ledger: Ledger,
         function_name: str,
         workers: int = DEFAULT_WORKERS,
@@ -64,7 +63,7 @@ class Dispatcher:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.transport = transport
-        self.lambda_client = lambda_client
+        self.invoker = invoker
         self.ledger = ledger
         self.function_name = function_name
         self.workers = workers
@@ -106,23 +105,12 @@ class Dispatcher:
         reason = ""
         for attempt in range(1, MAX_INVOKE_ATTEMPTS + 1):
             try:
-                response = self.lambda_client.invoke(
-                    FunctionName=self.function_name, InvocationType="Event", Payload=payload
-                )
-                status = response.get("StatusCode")
-                if status == 202:
-                    self.ledger.mark_dispatched(order.order_id, time.time())
-                    delivery.ack()
-                    self.stats.add("dispatched")
-                    return
-                reason = f"Invoke answered {status} instead of 202"
-            except ClientError as exc:
-                err = exc.response.get("Error", {})
-                reason = f"{err.get('Code')}: {err.get('Message')}"
-            except BotoCoreError as exc:
+                self.invoker.invoke_event(self.function_name, payload)
+            except InvokeError as exc:
                 reason = str(exc)
-            except Exception as exc:  # the ledger, or anything else: never lose the message
-                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                self._handed_on(order, delivery)
+                return
             log.warning(
                 "invoke failed [%d/%d]: %s", attempt, MAX_INVOKE_ATTEMPTS, reason, extra=extra
             )
@@ -134,6 +122,15 @@ class Dispatcher:
                 delivery.reject(requeue=True)  # shutting down: let another manager have it
                 return
         self._dead_letter(order, delivery, f"invoke failed {MAX_INVOKE_ATTEMPTS} times: {reason}")
+
+    def _handed_on(self, order: Order, delivery: Delivery) -> None:
+        """Lambda accepted the event: record it (best effort) and ack the message."""
+        try:
+            self.ledger.mark_dispatched(order.order_id, time.time())
+        except Exception:  # the delivery claims the order anyway; the record is a convenience
+            log.exception("could not record the dispatch", extra={"order_id": order.order_id})
+        delivery.ack()
+        self.stats.add("dispatched")
 
     def _dead_letter(self, order: Order, delivery: Delivery, reason: str) -> None:
         log.error("dead-lettered: %s", reason, extra={"order_id": order.order_id})

@@ -7,11 +7,11 @@ import signal
 from types import FrameType
 
 import boto3
-from botocore.config import Config
 
 from courierflow.config import Settings
 from courierflow.ledger.base import open_ledger
 from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS, Dispatcher
+from courierflow.manager.invoker import EventInvoker
 from courierflow.transports.base import open_transport
 
 log = logging.getLogger(__name__)
@@ -21,19 +21,10 @@ def build_dispatcher(
     settings: Settings, workers: int = DEFAULT_WORKERS, prefetch: int = DEFAULT_PREFETCH
 ) -> Dispatcher:
     """A dispatcher wired to the services the settings and boto3's endpoints name."""
-    lambda_client = boto3.client(
-        "lambda",
-        region_name=settings.region,
-        config=Config(
-            max_pool_connections=workers,
-            retries={"max_attempts": 1, "mode": "standard"},  # the dispatcher retries
-            connect_timeout=5,
-            read_timeout=30,
-        ),
-    )
+    lambda_client = boto3.client("lambda", region_name=settings.region)
     return Dispatcher(
         transport=open_transport(settings.queue_url, settings.queue),
-        lambda_client=lambda_client,
+        invoker=EventInvoker(lambda_client, max_connections=workers),
         ledger=open_ledger(settings.ledger_url),
         function_name=settings.delivery_function,
         workers=workers,

@@ -4,6 +4,7 @@ matching exception classes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -59,8 +60,10 @@ def configuration(c: FunctionConfig) -> dict[str, Any]:
 
 
 class LambdaApi:
-    def __init__(self, functions: dict[str, Function]) -> None:
+    def __init__(self, functions: dict[str, Function], latency_s: float = 0.0) -> None:
         self.functions = functions
+        #: added to every Invoke answer (benchmarks: the real API's round trip)
+        self.latency_s = latency_s
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -84,6 +87,8 @@ class LambdaApi:
         return fn
 
     async def invoke(self, request: web.Request) -> web.Response:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         found = self._lookup(request)
         if isinstance(found, web.Response):
             return found

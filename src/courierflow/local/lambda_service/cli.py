@@ -52,6 +52,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9001,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     state_dir: Annotated[Path | None, typer.Option(help="Logs go under DIR/logs.")] = None,
+    inject_latency_ms: Annotated[
+        float, typer.Option(help="Delay every Invoke answer (benchmarks: AWS's round trip).")
+    ] = 0.0,
 ) -> None:
     """Serve the Invoke, GetFunction and ListFunctions APIs for the given handlers.
 
@@ -68,7 +71,7 @@ def serve(
     if not functions:
         raise typer.BadParameter("give at least one --function NAME=MODULE:HANDLER (or --config)")
     dirs = [str(d.absolute()) for d in code_dir]
-    asyncio.run(run_service(functions, host, port, _state_dir(state_dir), dirs))
+    asyncio.run(run_service(functions, host, port, _state_dir(state_dir), dirs, inject_latency_ms))
 
 
 @app.command()

@@ -27,6 +27,7 @@ async def serve(
     port: int,
     state_dir: Path,
     code_dirs: list[str],
+    latency_ms: float = 0.0,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop every environment and zygote."""
     log_dir = state_dir / "logs"
@@ -49,7 +50,7 @@ async def serve(
                 poller = SqsPoller(fn, fn.config.sqs_queue_url)
                 pollers.append(asyncio.create_task(poller.run()))
         app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024)
-        app.add_routes(LambdaApi(running).routes())
+        app.add_routes(LambdaApi(running, latency_ms / 1000).routes())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, host, port, backlog=1024).start()

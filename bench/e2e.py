@@ -1,0 +1,66 @@
+"""End to end: a file of orders through the whole local stack, against the ideal bound
+for the fleet, and the same workload on Celery."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from bench.common import Services, percentiles, summary, write_orders_csv
+from bench.peers.celery import run as celery_run
+from courierflow.config import Settings
+from courierflow.ledger.base import open_ledger
+from courierflow.local import runner, stack
+from courierflow.orders import OrderState
+
+
+def _ours(svc: Services, n: int, fleet: int, time_scale: float) -> dict[str, Any]:
+    home = svc.work / f"stack-{time.time_ns()}"
+    env = {**os.environ, "COURIERFLOW_HOME": str(home), "COURIERFLOW_AMQP_URL": svc.amqp_url}
+    settings = Settings.from_env(env)
+    options = stack.StackOptions(fleet=fleet, time_scale=time_scale, stuck_after_s=300)
+    info = stack.up(settings, options)
+    try:
+        path = write_orders_csv(svc.work / "e2e.csv", n)
+        ledger = open_ledger(info.ledger_url)
+        started = time.time()
+        key, etag = runner.upload(info, path)
+        result = runner.follow(ledger, info.bucket, key, etag, started, 120)
+        records = [r for r in ledger.orders() if r.state is OrderState.DELIVERED]
+    finally:
+        stack.down(home)
+    delays = [(r.delay_s or 0) * time_scale for r in records]
+    ideal = max(max(delays), sum(delays) / fleet) if delays else 0.0
+    waits = [(r.started_at or 0) - (r.queued_at or 0) for r in records]
+    return {
+        "orders": n,
+        "delivered": result.delivered,
+        "lost": result.lost,
+        "makespan_s": result.makespan_s,
+        "ideal_s": ideal,
+        "makespan_over_ideal": result.makespan_s / ideal if ideal else 0.0,
+        "deliveries_per_s": result.delivered / result.makespan_s if result.makespan_s else 0.0,
+        "peak_concurrency": result.peak_concurrency,
+        "queue_to_start_s": percentiles(waits),
+    }
+
+
+def run(svc: Services, n: int, fleet: int, time_scale: float, repeats: int) -> dict[str, Any]:
+    ours = [_ours(svc, n, fleet, time_scale) for _ in range(repeats)]
+    path = write_orders_csv(svc.work / "celery.csv", n)
+    celery = [celery_run.run(svc, path, fleet, time_scale) for _ in range(repeats)]
+    return {
+        "fleet": fleet,
+        "time_scale": time_scale,
+        "courierflow": {
+            "makespan_s": summary([r["makespan_s"] for r in ours]),
+            "makespan_over_ideal": summary([r["makespan_over_ideal"] for r in ours]),
+            "deliveries_per_s": summary([r["deliveries_per_s"] for r in ours]),
+            "runs": ours,
+        },
+        "celery_threads": {
+            "makespan_s": summary([r["makespan_s"] for r in celery]),
+            "deliveries_per_s": summary([r["deliveries_per_s"] for r in celery]),
+        },
+    }

@@ -1,0 +1,179 @@
+"""`make bench`: every benchmark against its peers, on the same machine and data.
+
+Writes bench/results/latest.json (or smoke.json), a markdown table and PNG plots.
+``--smoke`` runs a tiny version that only checks the benchmarks still work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import dispatch, e2e, lambda_service_bench, publish
+from bench.common import RESULTS, services
+
+
+def machine() -> dict[str, Any]:
+    try:
+        rabbit = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout  # fmt: skip
+    except OSError:
+        rabbit = "unknown"
+    return {
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "rabbitmq": rabbit,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Machine: {m['cores']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, "
+        f"RabbitMQ {m['rabbitmq']} ({m['date']}). Medians of the runs; ratios against peers.",
+        "",
+        "| measure | courierflow | peer | ratio |",
+        "|---|---|---|---|",
+    ]
+    for rows, entry in results["publish"].items():
+        ours = entry["courierflow"]["orders_per_s"]["median"]
+        lines.append(
+            f"| publish {int(rows):,} rows, orders/s (peak RSS) | {ours:,.0f} "
+            f"({entry['courierflow']['rss_mb']['median']:.0f} MB) | "
+            + (
+                f"lab with confirms {entry['lab_confirms']['orders_per_s']['median']:,.0f}; "
+                f"without {entry['lab']['orders_per_s']['median']:,.0f} | "
+                f"{ours / entry['lab_confirms']['orders_per_s']['median']:.1f}x |"
+                if "lab_confirms" in entry
+                else "lab not run at this size | - |"
+            )
+        )
+    for latency, entry in results["dispatch"].items():
+        ours = entry["courierflow"]["orders_per_s"]["median"]
+        lab = entry["lab"]["orders_per_s"]["median"]
+        lines.append(
+            f"| dispatch, Invoke latency {latency}, orders/s | {ours:,.0f} "
+            f"| lab manager {lab:,.0f} | {ours / lab:.1f}x |"
+        )
+    e = results["e2e"]
+    ours = e["courierflow"]
+    celery = e["celery_threads"]
+    lines += [
+        f"| end to end {ours['runs'][0]['orders']:,} orders, fleet {e['fleet']}, "
+        f"delays x{e['time_scale']}: makespan s | {ours['makespan_s']['median']:.1f} "
+        f"({ours['makespan_over_ideal']['median']:.2f}x ideal) | Celery threads "
+        f"{celery['makespan_s']['median']:.1f} | - |",
+        f"| end to end deliveries/s | {ours['deliveries_per_s']['median']:,.0f} | Celery "
+        f"{celery['deliveries_per_s']['median']:,.0f} | "
+        f"{ours['deliveries_per_s']['median'] / celery['deliveries_per_s']['median']:.2f}x |",
+    ]
+    qs = ours["runs"][0]["queue_to_start_s"]
+    lines.append(
+        f"| queue-to-start p50/p95/p99 s | {qs['p50']:.2f} / {qs['p95']:.2f} / "
+        f"{qs['p99']:.2f} | - | - |"
+    )
+    ls = results["lambda_service"]
+    acc = ls["accept"]["latency_ms"]
+    env = ls["environments"]
+    lines += [
+        f"| Lambda service: Event accept at {ls['accept']['target_rate']}/s, p50/p99 ms "
+        f"(client on the same 2 cores) | {acc['p50']:.1f} / {acc['p99']:.1f} | - | - |",
+        f"| Lambda service: cold invoke / warm invoke p50, ms | "
+        f"{ls['starts']['cold_invoke_ms']:.1f} / {ls['starts']['warm_invoke_ms']['p50']:.1f} "
+        "| - | - |",
+        f"| Lambda service: {env['environments']} sleeping environments, PSS (RSS sum) | "
+        f"{env['pss_mb']:,.0f} MB ({env['rss_mb']:,.0f} MB) | - | - |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    pub = results["publish"]
+    sizes = [s for s in pub if "lab_confirms" in pub[s]]
+    x = range(len(sizes))
+    for offset, (name, label) in enumerate(
+        [
+            ("courierflow", "courierflow"),
+            ("lab_confirms", "lab, confirms"),
+            ("lab", "lab, no confirms"),
+        ]
+    ):
+        axes[0].bar(
+            [i + offset * 0.27 for i in x],
+            [pub[s][name]["orders_per_s"]["median"] for s in sizes],
+            width=0.27,
+            label=label,
+        )
+    axes[0].set_xticks([i + 0.27 for i in x], [f"{int(s):,} rows" for s in sizes])
+    axes[0].set_ylabel("orders/s confirmed")
+    axes[0].set_title("Publish")
+    axes[0].legend()
+    disp = results["dispatch"]
+    lat = list(disp)
+    for offset, name in enumerate(["courierflow", "lab"]):
+        axes[1].bar(
+            [i + offset * 0.4 for i in range(len(lat))],
+            [disp[k][name]["orders_per_s"]["median"] for k in lat],
+            width=0.4,
+            label=name,
+        )
+    axes[1].set_xticks([i + 0.2 for i in range(len(lat))], [f"Invoke latency {k}" for k in lat])
+    axes[1].set_ylabel("invocations accepted/s")
+    axes[1].set_title("Dispatch")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks it all still works"
+    )
+    args = parser.parse_args()
+    smoke = args.smoke
+    out = RESULTS if not smoke else RESULTS / "tmp"
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": machine(), "smoke": smoke}
+    with services() as svc:
+        sizes = [2000] if smoke else [10_000, 100_000, 1_000_000]
+        print("publish ...", flush=True)
+        results["publish"] = publish.run(svc, sizes, 1 if smoke else 3)
+        print("dispatch ...", flush=True)
+        results["dispatch"] = dispatch.run(svc, 300 if smoke else 5000, 1 if smoke else 3)
+        print("lambda service ...", flush=True)
+        results["lambda_service"] = lambda_service_bench.run(svc, smoke)
+        print("end to end ...", flush=True)
+        results["e2e"] = e2e.run(svc, 200 if smoke else 10_000, 256, 0.1, 1 if smoke else 2)
+    name = "smoke.json" if smoke else "latest.json"
+    (out / name).write_text(json.dumps(results, indent=2))
+    text = table(results)
+    (out / "table.md").write_text(text)
+    plots(results, out)
+    print(text)
+    print(f"results in {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
