@@ -1,22 +1,38 @@
-"""The ledger's conditional writes, on a real SQLite file, including the races."""
+"""The ledger's conditional writes, including the races, against every backend: a real
+SQLite file, and DynamoDB on moto's server."""
 
 from __future__ import annotations
 
 import multiprocessing
+import uuid
 from pathlib import Path
 
+import boto3
 import pytest
 
 from courierflow.ledger.base import ClaimResult, FileState, Ledger
+from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
 from courierflow.ledger.sqlite import SQLiteLedger
 from courierflow.orders import OrderState
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return SQLiteLedger(tmp_path / "ledger.db")
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
+    if request.param == "sqlite":
+        return SQLiteLedger(tmp_path / "ledger.db")
+    client = boto3.client(
+        "dynamodb", endpoint_url=request.getfixturevalue("moto_server"), region_name="us-east-1"
+    )
+    table = f"ledger-{uuid.uuid4().hex[:8]}"
+    client.create_table(
+        TableName=table,
+        KeySchema=TABLE_KEY_SCHEMA,
+        AttributeDefinitions=TABLE_ATTRIBUTES,
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return DynamoDBLedger(table, client=client)
 
 
 def test_add_queued_returns_new_orders_and_leaves_delivered_alone(ledger: Ledger) -> None:
