@@ -297,7 +297,7 @@ def manager(
     from courierflow.manager.service import serve
 
     setup_logging()
-    serve(_settings(), workers=workers, prefetch=prefetch)
+    serve(_settings().with_secrets(), workers=workers, prefetch=prefetch)
 
 
 @app.command()

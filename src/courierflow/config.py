@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 #: the broker a fresh RabbitMQ install answers on
@@ -59,6 +59,21 @@ class Settings:
     fail_rate: float = 0.0
     #: local state folder
     home: Path = Path(DEFAULT_HOME)
+    #: name of an SSM SecureString parameter holding the AMQP URL (on AWS)
+    amqp_secret: str = ""
+
+    def with_secrets(self) -> Settings:
+        """Read the AMQP URL from SSM Parameter Store when ``amqp_secret`` names one.
+
+        Called once at a cold start; credentials never sit in environment variables."""
+        if not self.amqp_secret:
+            return self
+        import boto3
+
+        ssm = boto3.client("ssm", region_name=self.region)
+        url = ssm.get_parameter(Name=self.amqp_secret, WithDecryption=True)["Parameter"]["Value"]
+        queue_url = url if self.queue_url == self.amqp_url else self.queue_url
+        return replace(self, amqp_url=url, queue_url=queue_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,4 +92,5 @@ class Settings:
             time_scale=_float(env, "COURIERFLOW_TIME_SCALE", 1.0),
             fail_rate=_float(env, "COURIERFLOW_FAIL_RATE", 0.0),
             home=home,
+            amqp_secret=env.get("COURIERFLOW_AMQP_SECRET", ""),
         )

@@ -24,7 +24,7 @@ from courierflow.logs import setup_logging
 setup_logging()
 log = logging.getLogger("courierflow.delivery")
 
-_settings = Settings.from_env()
+_settings = Settings.from_env().with_secrets()
 _courier = Courier(ledger=open_ledger(_settings.ledger_url), settings=_settings)
 
 

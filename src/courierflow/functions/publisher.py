@@ -27,7 +27,7 @@ log = logging.getLogger("courierflow.publisher")
 
 # Cold start: clients are built once per environment and reused while it is warm.
 # Nothing here connects yet; connections open on first use.
-_settings = Settings.from_env()
+_settings = Settings.from_env().with_secrets()
 _publisher = OrderPublisher(
     s3=boto3.client(
         "s3", region_name=_settings.region, config=Config(retries={"mode": "standard"})

@@ -15,7 +15,7 @@ from courierflow.logs import setup_logging
 from courierflow.reconciler import Reconciler
 
 setup_logging()
-_settings = Settings.from_env()
+_settings = Settings.from_env().with_secrets()
 _reconciler = Reconciler(
     ledger=open_ledger(_settings.ledger_url),
     lambda_client=boto3.client("lambda", region_name=_settings.region),
