@@ -19,7 +19,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from courierflow.errors import UnreadableFileError
 from courierflow.orders import KNOWN_COLUMNS, Order, Reject
@@ -154,7 +154,10 @@ def _header(names: list[str], source: str, limits: ReaderLimits) -> list[str]:
     normal = [_normalise(n) for n in names]
     if "order_id" not in normal:
         close = difflib.get_close_matches("order_id", normal, n=1, cutoff=0.6)
-        hint = f"found {close[0]!r}: rename it to order_id" if close else "add an order_id column"
+        if close:  # name the column as the file spells it
+            hint = f"found {names[normal.index(close[0])].strip()!r}: rename it to order_id"
+        else:
+            hint = "add an order_id column"
         raise _refuse(source, f"the header has no order_id column ({hint})")
     return normal
 
@@ -177,75 +180,112 @@ def read_orders(
         raise _refuse(source, "the first line is empty: the header row must come first")
     delimiter = _delimiter(header_line)
     csv.field_size_limit(limits.max_field_bytes)
-    reader = csv.reader(itertools.chain([header_line], text), delimiter=delimiter)
+    # strict: a quote left open to the end of the file is an error, not one huge field
+    reader = csv.reader(itertools.chain([header_line], text), delimiter=delimiter, strict=True)
     names = next(reader)
     columns = _header(names, source, limits)
     return _rows(reader, names, columns, source, limits)
 
 
+class _Schema:
+    """Where each known column sits in a row, worked out once per file."""
+
+    def __init__(self, names: list[str], columns: list[str]) -> None:
+        self.names = names
+        self.width = len(columns)
+        self.order_id = columns.index("order_id")
+        self.quantity = columns.index("quantity") if "quantity" in columns else None
+        self.known = [
+            (name, columns.index(name))
+            for name in KNOWN_COLUMNS
+            if name not in ("order_id", "quantity") and name in columns
+        ]
+        self.extra = [
+            (names[i].strip(), i)
+            for i, name in enumerate(columns)
+            if name not in KNOWN_COLUMNS and name
+        ]
+
+
 def _rows(
-    reader: Iterator[list[str]],
+    reader: Any,
     names: list[str],
     columns: list[str],
     source: str,
     limits: ReaderLimits,
 ) -> Iterator[Order | Reject]:
     seen = _SeenIds()
-    width = len(columns)
+    schema = _Schema(names, columns)
     line_num = 1  # the header ends here
     rows = 0
-    csv_reader = reader  # has .line_num
     while True:
         start = line_num + 1
         try:
-            row = next(csv_reader)
+            row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            line_num = getattr(csv_reader, "line_num", line_num + 1)
-            yield Reject(start, f"not valid CSV ({exc}; an unbalanced quote?)", [])
+            line_num = reader.line_num
+            yield Reject(start, _csv_error_reason(exc), [])
             continue
-        line_num = getattr(csv_reader, "line_num", line_num + 1)
+        line_num = reader.line_num
         if not any(field.strip() for field in row):
             continue  # blank lines are not orders
         rows += 1
         if rows > limits.max_rows:
             yield Reject(
-                start, f"over the limit of {limits.max_rows} rows (COURIERFLOW_MAX_ROWS)", row
+                start,
+                f"over the limit of {limits.max_rows} rows (COURIERFLOW_MAX_ROWS)",
+                _printable(row),
             )
             continue
-        yield _validate(row, start, names, columns, width, source, seen)
+        yield _validate(row, start, schema, source, seen)
+
+
+def _csv_error_reason(exc: csv.Error) -> str:
+    message = str(exc)
+    if "field limit" in message:
+        return (
+            f"not valid CSV: {message} (COURIERFLOW_MAX_FIELD_BYTES; "
+            "or a quote that is never closed?)"
+        )
+    if "end of data" in message:
+        return (
+            "not valid CSV: a quoted field is never closed (an unbalanced quote); "
+            "the rest of the file was read as that field"
+        )
+    return f"not valid CSV: {message} (an unbalanced or stray quote?)"
 
 
 def _validate(
     row: list[str],
     line: int,
-    names: list[str],
-    columns: list[str],
-    width: int,
+    schema: _Schema,
     source: str,
     seen: _SeenIds,
 ) -> Order | Reject:
-    if row == names:
+    joined = "\x1f".join(row)
+    if "\x00" in joined:
+        return Reject(line, "holds a NUL byte", _printable(row))
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        return Reject(line, "holds bytes that are not UTF-8", _printable(row))
+    if row == schema.names:
         return Reject(line, "repeated header row", row)
+    width = schema.width
     if len(row) > width and any(f.strip() for f in row[width:]):
         return Reject(line, f"{len(row)} fields but the header has {width}", row)
-    for field in row:
-        try:
-            field.encode("utf-8")
-        except UnicodeEncodeError:
-            return Reject(line, "holds bytes that are not UTF-8", _printable(row))
-        if "\x00" in field:
-            return Reject(line, "holds a NUL byte", _printable(row))
-    values = dict(zip(columns, row + [""] * (width - len(row)), strict=False))
-    order_id = values["order_id"].strip()
+    if len(row) < width:
+        row = row + [""] * (width - len(row))
+    order_id = row[schema.order_id].strip()
     if not order_id:
         return Reject(line, "empty order_id", row)
     if len(order_id) > MAX_ORDER_ID or not order_id.isprintable():
         return Reject(
             line, f"order_id must be printable and at most {MAX_ORDER_ID} characters", row
         )
-    quantity_text = values.get("quantity", "").strip()
+    quantity_text = row[schema.quantity].strip() if schema.quantity is not None else ""
     if quantity_text and not (quantity_text.isascii() and quantity_text.isdigit()):
         return Reject(line, f"quantity {quantity_text!r} is not a positive whole number", row)
     quantity = int(quantity_text) if quantity_text else 1
@@ -253,14 +293,8 @@ def _validate(
         return Reject(line, f"quantity {quantity_text!r} is not a positive whole number", row)
     if not seen.add(order_id):
         return Reject(line, f"duplicate order_id {order_id!r} (already earlier in this file)", row)
-    known = {
-        k: values.get(k, "").strip() for k in KNOWN_COLUMNS if k not in ("order_id", "quantity")
-    }
-    extra = {
-        names[i].strip(): value
-        for i, (name, value) in enumerate(zip(columns, row, strict=False))
-        if name not in KNOWN_COLUMNS and name
-    }
+    known = {name: row[i].strip() for name, i in schema.known}
+    extra = {name: row[i] for name, i in schema.extra}
     return Order(
         order_id=order_id, quantity=quantity, extra=extra, source=source, line=line, **known
     )
