@@ -40,8 +40,10 @@ def write_rejects(rejects: Iterable[Reject], out: IO[str], header: bool = True) 
 
 def _join(fields: list[str]) -> str:
     line: list[str] = []
-    csv.writer(_ListWriter(line), lineterminator="").writerow(fields)
-    return "".join(line)
+    # the writer quotes a field holding a character of its line terminator: with "\r\n"
+    # a field with a newline is quoted (with "" it was not, and raw split on reading)
+    csv.writer(_ListWriter(line), lineterminator="\r\n").writerow(fields)
+    return "".join(line).removesuffix("\r\n")
 
 
 class _ListWriter:
