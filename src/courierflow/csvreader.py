@@ -1,9 +1,11 @@
 """Streaming CSV reader: bytes in, orders and line-numbered rejects out.
 
-Memory does not grow with the file: the object is read in chunks, rows are yielded one
-at a time, and duplicate detection keeps 8 bytes per order id. A file that cannot be
-read as CSV at all raises ``UnreadableFileError`` before the first row is yielded, so
-nothing of it is published; a bad row becomes a ``Reject`` and the others go on.
+Memory does not grow with the size of the file: the object is read in chunks, a
+physical line is handed to the csv module in pieces of bounded length, and rows are
+yielded one at a time. Only duplicate detection grows with the number of valid rows
+(12 bytes per order id, see ``_SeenIds``). A file that cannot be read as CSV at all
+raises ``UnreadableFileError`` before the first row is yielded, so nothing of it is
+published; a bad row becomes a ``Reject`` and the others go on.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
-import hashlib
 import io
 import itertools
 import os
@@ -30,15 +31,24 @@ SNIFF_BYTES = 64 * 1024
 MAX_ORDER_ID = 128
 #: the delimiters a header may use (European spreadsheet exports use ';')
 DELIMITERS = (",", ";", "\t")
+#: a physical line may be this many times max_field_bytes (at least MIN_LINE_CHARS)
+#: before its row is rejected; it bounds what is held in memory for one line
+LINE_LIMIT_FACTOR = 2
+MIN_LINE_CHARS = 64 * 1024
+#: error handler: undecodable bytes after the sniffed start become lone surrogates,
+#: which mark their row as "not valid text" (surrogateescape cannot do UTF-16)
+_UNDECODABLE = "courierflow.undecodable"
+codecs.register_error(_UNDECODABLE, lambda exc: ("\udcff" * (exc.end - exc.start), exc.end))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class ReaderLimits:
-    """Safe defaults; each can be raised by an environment variable."""
+    """Safe defaults; each can be changed by an environment variable."""
 
-    #: larger objects are refused before reading (COURIERFLOW_MAX_OBJECT_BYTES)
+    #: larger objects are refused before reading (COURIERFLOW_MAX_OBJECT_BYTES); the
+    #: caller compares it with the object's ContentLength (see ``check_object_size``)
     max_object_bytes: int = 2 * 1024**3
-    #: a longer field rejects its row (COURIERFLOW_MAX_FIELD_BYTES)
+    #: a longer field rejects its row (COURIERFLOW_MAX_FIELD_BYTES), counted in characters
     max_field_bytes: int = 1024**2
     #: rows beyond this are rejected, one reject each (COURIERFLOW_MAX_ROWS)
     max_rows: int = 5_000_000
@@ -47,6 +57,11 @@ class ReaderLimits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReaderLimits:
+        """Limits from ``COURIERFLOW_MAX_*`` variables; unset or empty means the default.
+
+        Raises:
+            ValueError: when a variable is set but is not a positive whole number.
+        """
         env = os.environ if env is None else env
         names = {
             "max_object_bytes": "COURIERFLOW_MAX_OBJECT_BYTES",
@@ -54,8 +69,122 @@ class ReaderLimits:
             "max_rows": "COURIERFLOW_MAX_ROWS",
             "max_columns": "COURIERFLOW_MAX_COLUMNS",
         }
-        values = {field: int(env[var]) for field, var in names.items() if env.get(var)}
+        values: dict[str, int] = {}
+        for field, var in names.items():
+            text = env.get(var, "").strip()
+            if not text:
+                continue
+            value = int(text)
+            if value < 1:
+                raise ValueError(f"{var}={text!r}: must be a positive whole number")
+            values[field] = value
         return cls(**values)
+
+    @property
+    def line_chars(self) -> int:
+        """Longest physical line read whole; a longer one rejects its row."""
+        return max(LINE_LIMIT_FACTOR * self.max_field_bytes, MIN_LINE_CHARS)
+
+
+def check_object_size(size: int | None, source: str, limits: ReaderLimits) -> None:
+    """Refuse an object larger than ``max_object_bytes`` before reading it.
+
+    Raises:
+        UnreadableFileError: when ``size`` (the object's ContentLength) is over the limit.
+    """
+    if size is not None and size > limits.max_object_bytes:
+        raise _refuse(
+            source,
+            f"the file is {size} bytes, over the limit of {limits.max_object_bytes} "
+            "(COURIERFLOW_MAX_OBJECT_BYTES): split it into smaller files",
+        )
+
+
+def read_orders(
+    stream: BinaryIO, source: str, limits: ReaderLimits | None = None
+) -> Iterator[Order | Reject]:
+    """Orders and rejects of a CSV byte stream, in file order.
+
+    Parameters:
+        stream: anything with ``.read(n)`` returning bytes (a StreamingBody, an open file).
+        source: names the file in messages and in ``Order.source`` (``s3://bucket/key``).
+        limits: see ``ReaderLimits``; the defaults when omitted.
+
+    Raises:
+        UnreadableFileError: at the call, before the first item, when the stream is not
+            CSV text or its header is unusable.
+    """
+    limits = limits or ReaderLimits()
+    head = stream.read(SNIFF_BYTES)
+    encoding = _sniff(head, source)
+    raw = io.BufferedReader(_Prefixed(head, stream), buffer_size=SNIFF_BYTES)
+    text = io.TextIOWrapper(raw, encoding=encoding, errors=_UNDECODABLE, newline="")
+    lines = _Lines(text, limits.line_chars)
+    header_line = next(lines, "")
+    if not header_line.strip():
+        raise _refuse(source, "the first line is empty: the header row must come first")
+    if lines.overlong:
+        raise _refuse(
+            source,
+            f"the first line is longer than {limits.line_chars} characters: "
+            "the header row must come first",
+        )
+    delimiter = _delimiter(header_line)
+    # process-wide setting of the csv module; a Lambda reads one file at a time
+    csv.field_size_limit(limits.max_field_bytes)
+    # strict: a quote left open to the end of the file is an error, not one huge field
+    reader = csv.reader(itertools.chain([header_line], lines), delimiter=delimiter, strict=True)
+    names = next(reader)
+    schema = _Schema(names, _header(names, source, limits))
+    text_name = "UTF-16" if encoding == "utf-16" else "UTF-8"
+    return _rows(reader, lines, delimiter, text_name, schema, source, limits)
+
+
+# --- is it CSV text at all -------------------------------------------------------------
+
+
+def _refuse(source: str, reason: str) -> UnreadableFileError:
+    return UnreadableFileError(f"{source}: {reason}; nothing was published")
+
+
+def _sniff(head: bytes, source: str) -> str:
+    """The encoding of a CSV object, or UnreadableFileError saying why it is not one."""
+    if head.startswith(b"\x1f\x8b"):
+        raise _refuse(source, "the file is gzip-compressed, not CSV text: upload the .csv itself")
+    if head.startswith(b"PK\x03\x04"):
+        raise _refuse(source, "the file is a ZIP archive (an .xlsx?): export it as CSV")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"
+        if b"\x00" in head:
+            raise _refuse(source, _nul_reason(head))
+    try:
+        start = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        hint = "save the file as UTF-8 CSV"
+        if encoding == "utf-8-sig":
+            hint = f"a Latin-1 or Windows-1252 export? {hint}"
+        raise _refuse(
+            source, f"byte {exc.start} is not {exc.encoding.upper()} text ({hint})"
+        ) from None
+    if not start.strip():
+        raise _refuse(source, "the file is empty: upload a CSV with a header row and orders")
+    if start.lstrip()[:1] in ("{", "["):
+        raise _refuse(source, "the file holds JSON, not CSV: upload orders as CSV")
+    if "\x00" in start:
+        raise _refuse(source, _nul_reason(head))
+    return encoding
+
+
+def _nul_reason(head: bytes) -> str:
+    sample = head[:1024]
+    if len(sample) >= 4 and (sample[1::2].count(0) * 2 >= len(sample) // 2):
+        return (
+            "the file holds NUL bytes: it looks like UTF-16 without a byte-order mark, "
+            "not CSV text; save it as UTF-8 CSV"
+        )
+    return "the file holds NUL bytes: it is binary, not CSV text; upload a CSV file"
 
 
 class _Prefixed(io.RawIOBase):
@@ -80,58 +209,44 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-class _SeenIds:
-    """Order ids seen so far, as 8-byte digests: a small set merged into sorted arrays."""
+class _Lines:
+    """The text's physical lines, counted, in pieces of at most ``limit`` characters.
 
-    MERGE_AT = 1 << 16
+    A line longer than ``limit`` reaches the csv module as several pieces, so memory
+    stays bounded; ``overlong`` is then the number of the latest such line, and the
+    rows touching it are rejected. ``number`` is the line of the latest piece.
+    """
 
-    def __init__(self) -> None:
-        self._recent: set[int] = set()
-        self._sorted = array("Q")
+    __slots__ = ("_readline", "at_line_start", "last", "limit", "number", "overlong", "pieces")
 
-    def add(self, order_id: str) -> bool:
-        """Add; False if it was already there."""
-        key = int.from_bytes(hashlib.blake2b(order_id.encode(), digest_size=8).digest(), "big")
-        if key in self._recent:
-            return False
-        i = bisect_left(self._sorted, key)
-        if i < len(self._sorted) and self._sorted[i] == key:
-            return False
-        self._recent.add(key)
-        if len(self._recent) >= self.MERGE_AT:
-            self._sorted = array("Q", sorted(itertools.chain(self._sorted, self._recent)))
-            self._recent = set()
-        return True
+    def __init__(self, text: io.TextIOWrapper, limit: int) -> None:
+        self._readline = text.readline
+        self.limit = limit
+        self.number = 0
+        self.at_line_start = True
+        self.overlong = 0
+        self.pieces = 0
+        self.last = ""
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        piece = self._readline(self.limit)
+        if not piece:
+            raise StopIteration
+        if self.at_line_start:
+            self.number += 1
+        end = piece[-1]
+        self.at_line_start = end == "\n" or end == "\r"
+        if not self.at_line_start and len(piece) >= self.limit:
+            self.overlong = self.number
+        self.pieces += 1
+        self.last = piece
+        return piece
 
 
-def _refuse(source: str, reason: str) -> UnreadableFileError:
-    return UnreadableFileError(f"{source}: {reason}; nothing was published")
-
-
-def _sniff(head: bytes, source: str) -> str:
-    """The encoding of a CSV object, or UnreadableFileError saying why it is not one."""
-    if not head.strip():
-        raise _refuse(source, "the file is empty: upload a CSV with a header row and orders")
-    if head.startswith(b"\x1f\x8b"):
-        raise _refuse(source, "the file is gzip-compressed, not CSV text: upload the .csv itself")
-    if head.startswith(b"PK\x03\x04"):
-        raise _refuse(source, "the file is a ZIP archive (an .xlsx?): export it as CSV")
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    text_start = head.removeprefix(codecs.BOM_UTF8).lstrip()
-    if text_start[:1] in (b"{", b"["):
-        raise _refuse(source, "the file holds JSON, not CSV: upload orders as CSV")
-    if b"\x00" in head:
-        raise _refuse(source, "the file holds NUL bytes: it is binary, not CSV text")
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError as exc:
-        raise _refuse(
-            source,
-            f"byte {exc.start} is not UTF-8 (a Latin-1 or Windows-1252 export?): "
-            "save the file as UTF-8 CSV",
-        ) from None
-    return "utf-8-sig"
+# --- the header ----------------------------------------------------------------------
 
 
 def _delimiter(header_line: str) -> str:
@@ -145,11 +260,12 @@ def _normalise(name: str) -> str:
 
 
 def _header(names: list[str], source: str, limits: ReaderLimits) -> list[str]:
+    """The normalised column names, or UnreadableFileError saying what to fix."""
     if len(names) > limits.max_columns:
         raise _refuse(
             source,
             f"the header has {len(names)} columns, over the limit of {limits.max_columns} "
-            "(COURIERFLOW_MAX_COLUMNS)",
+            "(COURIERFLOW_MAX_COLUMNS): is the first line really the header?",
         )
     normal = [_normalise(n) for n in names]
     if "order_id" not in normal:
@@ -159,47 +275,39 @@ def _header(names: list[str], source: str, limits: ReaderLimits) -> list[str]:
         else:
             hint = "add an order_id column"
         raise _refuse(source, f"the header has no order_id column ({hint})")
+    for name in KNOWN_COLUMNS:
+        if normal.count(name) > 1:
+            raise _refuse(
+                source,
+                f"the header names the {name} column {normal.count(name)} times: "
+                "keep one, so it is clear which value to use",
+            )
     return normal
 
 
-def read_orders(
-    stream: BinaryIO, source: str, limits: ReaderLimits | None = None
-) -> Iterator[Order | Reject]:
-    """Orders and rejects of a CSV byte stream, in file order.
-
-    Raises:
-        UnreadableFileError: before the first item, when the stream is not CSV text.
-    """
-    limits = limits or ReaderLimits()
-    head = stream.read(SNIFF_BYTES)
-    encoding = _sniff(head, source)
-    raw = io.BufferedReader(_Prefixed(head, stream), buffer_size=SNIFF_BYTES)
-    text = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
-    header_line = text.readline()
-    if not header_line.strip():
-        raise _refuse(source, "the first line is empty: the header row must come first")
-    delimiter = _delimiter(header_line)
-    csv.field_size_limit(limits.max_field_bytes)
-    # strict: a quote left open to the end of the file is an error, not one huge field
-    reader = csv.reader(itertools.chain([header_line], text), delimiter=delimiter, strict=True)
-    names = next(reader)
-    columns = _header(names, source, limits)
-    return _rows(reader, names, columns, source, limits)
-
-
 class _Schema:
-    """Where each known column sits in a row, worked out once per file."""
+    """Where each known column sits in a row, worked out once per file.
+
+    A known column the header lacks reads index ``width``: the row is padded with one
+    empty field there.
+    """
 
     def __init__(self, names: list[str], columns: list[str]) -> None:
         self.names = names
         self.width = len(columns)
-        self.order_id = columns.index("order_id")
-        self.quantity = columns.index("quantity") if "quantity" in columns else None
-        self.known = [
-            (name, columns.index(name))
-            for name in KNOWN_COLUMNS
-            if name not in ("order_id", "quantity") and name in columns
-        ]
+
+        def at(name: str) -> int:
+            return columns.index(name) if name in columns else self.width
+
+        self.order_id = at("order_id")
+        self.id_title = names[self.order_id].strip().lstrip("\ufeff").strip()
+        self.customer = at("customer")
+        self.address = at("address")
+        self.items = at("items")
+        self.quantity = at("quantity")
+        self.priority = at("priority")
+        self.notes = at("notes")
+        #: unknown columns by the header's own spelling; unnamed columns are dropped
         self.extra = [
             (names[i].strip(), i)
             for i, name in enumerate(columns)
@@ -207,98 +315,219 @@ class _Schema:
         ]
 
 
+# --- the rows ------------------------------------------------------------------------
+
+
+class _SeenIds:
+    """The order ids of this file so far, with the line each was first seen on.
+
+    An id is kept as its 64-bit ``hash()`` (SipHash, keyed per process) in one of
+    ``BUCKETS`` sorted arrays chosen by the hash's low bits, next to its line: 12 bytes
+    per valid row, 60 MB at the default limit of 5,000,000 rows, plus 0.5 MB of empty
+    arrays. Two different ids share a hash with probability about n²/2⁶⁵ (under one
+    in a million at 5,000,000 rows); the later one would be rejected as a duplicate.
+    """
+
+    BUCKETS = 1 << 12
+
+    def __init__(self) -> None:
+        self._keys = [array("q") for _ in range(self.BUCKETS)]
+        self._lines = [array("I") for _ in range(self.BUCKETS)]
+
+    def first_line(self, order_id: str, line: int) -> int:
+        """The line ``order_id`` was first seen on; if new, records it and returns 0."""
+        key = hash(order_id)
+        bucket = key & (self.BUCKETS - 1)
+        keys = self._keys[bucket]
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            return self._lines[bucket][i]
+        keys.insert(i, key)
+        self._lines[bucket].insert(i, line)
+        return 0
+
+
 def _rows(
     reader: Any,
-    names: list[str],
-    columns: list[str],
+    lines: _Lines,
+    delimiter: str,
+    text_name: str,
+    schema: _Schema,
     source: str,
     limits: ReaderLimits,
 ) -> Iterator[Order | Reject]:
+    """Each row as an Order or a Reject; blank lines give nothing.
+
+    One loop with the checks inline: this is the hot path (a function call per row
+    costs about 5% of the reader's speed).
+    """
     seen = _SeenIds()
-    schema = _Schema(names, columns)
-    line_num = 1  # the header ends here
     rows = 0
+    max_rows = limits.max_rows
+    width = schema.width
+    i_id, i_quantity, title = schema.order_id, schema.quantity, schema.id_title
+    i_customer, i_address, i_items = schema.customer, schema.address, schema.items
+    i_priority, i_notes, extra_columns = schema.priority, schema.notes, schema.extra
+    next_row = reader.__next__
     while True:
-        start = line_num + 1
+        start = lines.number + 1 if lines.at_line_start else lines.number
+        continued = not lines.at_line_start  # a piece of an over-long line
+        pieces = lines.pieces
         try:
-            row = next(reader)
+            row: list[str] = next_row()
         except StopIteration:
             return
         except csv.Error as exc:
-            line_num = reader.line_num
-            yield Reject(start, _csv_error_reason(exc), [])
+            reason = _recover(exc, lines, pieces, delimiter, start, limits.max_field_bytes)
+            if not continued:  # else a piece of an over-long line, rejected already
+                yield Reject(start, reason, [])
             continue
-        line_num = reader.line_num
-        if not any(field.strip() for field in row):
-            continue  # blank lines are not orders
+        if lines.overlong >= start:
+            if not continued or lines.number > start:
+                yield Reject(
+                    start,
+                    f"line {lines.overlong} is longer than {lines.limit} characters "
+                    "(twice COURIERFLOW_MAX_FIELD_BYTES)",
+                    _printable(row[:8]),
+                )
+            continue
+        if not row:
+            continue  # a blank line
+        joined = "\x1f".join(row)
+        if not joined.isascii():
+            try:
+                joined.encode("utf-8")
+            except UnicodeEncodeError:
+                yield Reject(
+                    start,
+                    f"holds bytes that are not {text_name} text",
+                    _printable(row),
+                )
+                continue
+        if "\x00" in joined:
+            yield Reject(start, "holds a NUL byte", _printable(row))
+            continue
+        n = len(row)
+        if n != width:
+            if n > width and any(f.strip() for f in row[width:]):
+                yield Reject(start, f"{n} fields but the header has {width}", row)
+                continue
+            row = row[:width] if n > width else row + [""] * (width - n)
+        row.append("")  # what a known column missing from the header reads
+        order_id = row[i_id].strip()
+        if not order_id:
+            if joined.strip(" \t\x1f"):
+                yield Reject(start, "empty order_id", row[:width])
+            continue  # else only spaces and delimiters: a blank line
         rows += 1
-        if rows > limits.max_rows:
+        if rows > max_rows:
             yield Reject(
-                start,
-                f"over the limit of {limits.max_rows} rows (COURIERFLOW_MAX_ROWS)",
-                _printable(row),
+                start, f"over the limit of {max_rows} rows (COURIERFLOW_MAX_ROWS)", row[:width]
             )
             continue
-        yield _validate(row, start, schema, source, seen)
+        if order_id == title:
+            yield Reject(start, "repeated header row", row[:width])
+            continue
+        if len(order_id) > MAX_ORDER_ID:
+            yield Reject(
+                start, f"order_id is {len(order_id)} characters, over {MAX_ORDER_ID}", row[:width]
+            )
+            continue
+        if not order_id.isprintable():
+            yield Reject(start, "order_id holds a control or invisible character", row[:width])
+            continue
+        quantity_text = row[i_quantity].strip()
+        if not quantity_text:
+            quantity = 1
+        elif quantity_text.isdigit() and quantity_text.isascii() and int(quantity_text) > 0:
+            quantity = int(quantity_text)
+        else:
+            yield Reject(
+                start, f"quantity {quantity_text!r} is not a positive whole number", row[:width]
+            )
+            continue
+        first = seen.first_line(order_id, start)
+        if first:
+            yield Reject(
+                start, f"duplicate order_id {order_id!r} (first on line {first})", row[:width]
+            )
+            continue
+        # positional, in Order's field order (a test pins it): faster than keywords
+        yield Order(
+            order_id,
+            row[i_customer].strip(),
+            row[i_address].strip(),
+            row[i_items].strip(),
+            quantity,
+            row[i_priority].strip(),
+            row[i_notes].strip(),
+            {name: row[i] for name, i in extra_columns} if extra_columns else {},
+            source,
+            start,
+        )
 
 
-def _csv_error_reason(exc: csv.Error) -> str:
+def _recover(
+    exc: csv.Error, lines: _Lines, pieces: int, delimiter: str, start: int, max_field: int
+) -> str:
+    """The reason a row is not valid CSV; skips the rest of a quoted field first.
+
+    The csv module goes on at the next line after an error. When the field that grew
+    past the limit is quoted and goes on over later lines, those lines are skipped up
+    to the closing quote, so they are not read as rows of their own.
+    """
     message = str(exc)
     if "field limit" in message:
+        # the row began on this piece (so at a record start) or on an earlier one (so the
+        # piece begins inside a quoted field: only quotes make a row span lines)
+        open_quote = _quote_open_at_end(lines.last, delimiter, lines.pieces > pieces + 1)
+        while open_quote:
+            piece = next(lines, "")
+            if not piece:
+                return _never_closed(start, lines.number)
+            open_quote = _quote_open_at_end(piece, delimiter, True)
+        span = f"line {start}" if lines.number == start else f"lines {start}-{lines.number}"
         return (
-            f"not valid CSV: {message} (COURIERFLOW_MAX_FIELD_BYTES; "
-            "or a quote that is never closed?)"
+            f"a field is longer than {max_field} characters, on {span} "
+            "(COURIERFLOW_MAX_FIELD_BYTES; or a quote that is never closed?)"
         )
     if "end of data" in message:
-        return (
-            "not valid CSV: a quoted field is never closed (an unbalanced quote); "
-            "the rest of the file was read as that field"
-        )
-    return f"not valid CSV: {message} (an unbalanced or stray quote?)"
+        return _never_closed(start, lines.number)
+    return f"not valid CSV on line {lines.number}: {message} (an unbalanced or stray quote?)"
 
 
-def _validate(
-    row: list[str],
-    line: int,
-    schema: _Schema,
-    source: str,
-    seen: _SeenIds,
-) -> Order | Reject:
-    joined = "\x1f".join(row)
-    if "\x00" in joined:
-        return Reject(line, "holds a NUL byte", _printable(row))
-    try:
-        joined.encode("utf-8")
-    except UnicodeEncodeError:
-        return Reject(line, "holds bytes that are not UTF-8", _printable(row))
-    if row == schema.names:
-        return Reject(line, "repeated header row", row)
-    width = schema.width
-    if len(row) > width and any(f.strip() for f in row[width:]):
-        return Reject(line, f"{len(row)} fields but the header has {width}", row)
-    if len(row) < width:
-        row = row + [""] * (width - len(row))
-    order_id = row[schema.order_id].strip()
-    if not order_id:
-        return Reject(line, "empty order_id", row)
-    if len(order_id) > MAX_ORDER_ID or not order_id.isprintable():
-        return Reject(
-            line, f"order_id must be printable and at most {MAX_ORDER_ID} characters", row
-        )
-    quantity_text = row[schema.quantity].strip() if schema.quantity is not None else ""
-    if quantity_text and not (quantity_text.isascii() and quantity_text.isdigit()):
-        return Reject(line, f"quantity {quantity_text!r} is not a positive whole number", row)
-    quantity = int(quantity_text) if quantity_text else 1
-    if quantity < 1:
-        return Reject(line, f"quantity {quantity_text!r} is not a positive whole number", row)
-    if not seen.add(order_id):
-        return Reject(line, f"duplicate order_id {order_id!r} (already earlier in this file)", row)
-    known = {name: row[i].strip() for name, i in schema.known}
-    extra = {name: row[i] for name, i in schema.extra}
-    return Order(
-        order_id=order_id, quantity=quantity, extra=extra, source=source, line=line, **known
+def _never_closed(start: int, end: int) -> str:
+    return (
+        f"a quoted field on line {start} is never closed (an unbalanced quote): lines "
+        f"{start}-{end}, the rest of the file, were read as that field and not published"
     )
 
 
+def _quote_open_at_end(piece: str, delimiter: str, in_quotes: bool) -> bool:
+    """Whether a quoted field is still open at the end of ``piece`` (strict CSV rules)."""
+    pos = 0
+    while True:
+        if in_quotes:
+            while True:
+                i = piece.find('"', pos)
+                if i < 0:
+                    return True
+                if piece.startswith('"', i + 1):  # an escaped quote
+                    pos = i + 2
+                    continue
+                pos = i + 1
+                in_quotes = False
+                break
+        elif piece.startswith('"', pos):
+            in_quotes = True
+            pos += 1
+            continue
+        i = piece.find(delimiter, pos)
+        if i < 0:
+            return False
+        pos = i + 1
+
+
 def _printable(row: list[str]) -> list[str]:
+    """The row with undecodable bytes as ``?`` and NULs as ``\\0``, for the report."""
     return [f.encode("utf-8", "replace").decode().replace("\x00", "\\0") for f in row]
