@@ -16,8 +16,9 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def rejects_key(key: str) -> str:
-    """Where the report of ``key`` goes: ``rejects/<key>``."""
-    return REJECTS_PREFIX + key
+    """Where the report of ``key`` goes: ``rejects/<key>``, ending in ``.csv``."""
+    report = REJECTS_PREFIX + key
+    return report if report.lower().endswith(".csv") else report + ".csv"
 
 
 def neutralise(value: str) -> str:
@@ -26,7 +27,11 @@ def neutralise(value: str) -> str:
 
 
 def write_rejects(rejects: Iterable[Reject], out: IO[str], header: bool = True) -> int:
-    """Write the report rows (and the header line); returns how many rejects."""
+    """Write ``line,reason,raw`` rows, formula-neutralised; returns how many rejects.
+
+    ``raw`` is the row joined again as CSV text. ``header=False`` appends to a report
+    already started.
+    """
     writer = csv.writer(out, lineterminator="\n")
     if header:
         writer.writerow(HEADER)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from courierflow.csvreader import read_orders
+from courierflow.errors import UnreadableFileError
 from courierflow.orders import Reject
 from courierflow.rejects import REJECTS_PREFIX, neutralise, rejects_key, write_rejects
 
@@ -27,6 +28,18 @@ def test_the_report_of_a_key_goes_under_the_rejects_prefix() -> None:
     assert REJECTS_PREFIX == "rejects/"
     assert rejects_key("orders.csv") == "rejects/orders.csv"
     assert rejects_key("incoming/2024/my orders;v2.csv") == "rejects/incoming/2024/my orders;v2.csv"
+
+
+def test_the_report_key_always_ends_in_csv_so_it_opens_as_a_spreadsheet() -> None:
+    assert rejects_key("orders.CSV") == "rejects/orders.CSV"
+    assert rejects_key("orders.txt") == "rejects/orders.txt.csv"
+    assert rejects_key("incoming/orders") == "rejects/incoming/orders.csv"
+
+
+def test_a_reason_or_raw_row_starting_with_a_formula_is_neutralised_but_line_is_not() -> None:
+    rows = report([Reject(2, "-weird reason", ["@cmd", "x"]), Reject(3, "ok", ["A1", "=1"])])
+    assert rows[1] == ["2", "'-weird reason", "'@cmd,x"]
+    assert rows[2] == ["3", "ok", "A1,=1"]  # a cell is inert unless it starts with one
 
 
 def test_a_report_parses_back_with_its_header_lines_reasons_and_raw_rows() -> None:
@@ -83,7 +96,7 @@ def test_formula_rows_of_a_real_file_are_neutralised_in_its_report() -> None:
     rows = report([*rejects, formula_first])
     assert rows[1] == [
         "4",
-        "duplicate order_id 'F1' (already earlier in this file)",
+        "duplicate order_id 'F1' (first on line 2)",
         "F1,=cmd|' /C calc'!A0,dup",
     ]
     assert rows[2][2] == "'=cmd|' /C calc'!A0,x"
@@ -94,7 +107,7 @@ def test_every_reject_of_the_corpus_can_be_written_and_read_back() -> None:
     for path in sorted(CORPUS.glob("*.csv")):
         try:
             items = list(read_orders(io.BytesIO(path.read_bytes()), path.name))
-        except Exception:  # refused files have no report
+        except UnreadableFileError:  # refused files have no report
             continue
         rejects = [i for i in items if isinstance(i, Reject)]
         out = io.StringIO()
