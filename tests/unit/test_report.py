@@ -1,0 +1,325 @@
+"""report.html, the timeline PNG and the dashboard's snapshot: pure code, no services."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from courierflow.errors import ConfigError
+from courierflow.ledger.base import OrderRecord
+from courierflow.ledger.sqlite import SQLiteLedger
+from courierflow.orders import OrderState
+from courierflow.report import dashboard
+from courierflow.report.html import (
+    assign_lanes,
+    in_flight_series,
+    latencies,
+    percentile,
+    plot_timeline,
+    queue_depth_series,
+    read_rejects,
+    render_report,
+    throughput_series,
+    write_report,
+)
+from courierflow.report.summary import peak_concurrency, summarize
+
+pytestmark = pytest.mark.unit
+T0 = 1_700_000_000.0
+
+
+def delivered(order_id: str, queued: float, start: float, end: float) -> OrderRecord:
+    return OrderRecord(
+        order_id,
+        OrderState.DELIVERED,
+        source="s3://b/orders.csv",
+        queued_at=T0 + queued,
+        dispatched_at=T0 + queued,
+        started_at=T0 + start,
+        finished_at=T0 + end,
+        attempts=1,
+    )
+
+
+def sample_run(n: int = 40) -> list[OrderRecord]:
+    """n deliveries, 4 s each, one starting every second: at most 4 on the road at once
+    (a trip ending at the instant another starts frees its courier)."""
+    return [delivered(f"ORD-{i:03d}", 0.0, 1.0 + i, 5.0 + i) for i in range(n)]
+
+
+# --- lanes ----------------------------------------------------------------------------------
+
+
+def test_lanes_are_reused_as_soon_as_a_trip_ends_so_lanes_equal_peak_concurrency() -> None:
+    records = sample_run()
+    bars = assign_lanes(records)
+    assert len(bars) == len(records)
+    assert max(b.lane for b in bars) + 1 == peak_concurrency(records) == 4
+    assert [b.lane for b in bars[:8]] == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_no_two_trips_on_a_lane_overlap_and_the_lowest_free_lane_is_taken() -> None:
+    records = [
+        delivered("a", 0, 0, 10),
+        delivered("b", 0, 1, 3),
+        delivered("c", 0, 2, 4),
+        delivered("d", 0, 3.5, 5),  # b's lane (1) is free again, c's (2) is not
+        delivered("e", 0, 11, 12),  # every lane free: back to lane 0
+    ]
+    lanes = {b.order_id: b.lane for b in assign_lanes(records)}
+    assert lanes == {"a": 0, "b": 1, "c": 2, "d": 1, "e": 0}
+    by_lane: dict[int, list[tuple[float, float]]] = {}
+    for b in assign_lanes(records):
+        by_lane.setdefault(b.lane, []).append((b.start, b.end))
+    for trips in by_lane.values():
+        trips.sort()
+        assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(trips))
+
+
+def test_orders_never_started_get_no_bar_and_unfinished_ones_run_to_now() -> None:
+    waiting = OrderRecord("w", OrderState.QUEUED, queued_at=T0)
+    on_road = OrderRecord("r", OrderState.DELIVERING, queued_at=T0, started_at=T0 + 1)
+    bars = assign_lanes([waiting, on_road], now=T0 + 5)
+    assert [(b.order_id, b.end - T0, b.outcome) for b in bars] == [("r", 5.0, "delivering")]
+
+
+# --- percentiles and series -----------------------------------------------------------------
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 95) == pytest.approx(95.05)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile(list(reversed(values)), 0) == 1.0
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_latency_is_split_into_queue_wait_and_trip() -> None:
+    records = [delivered(f"o{i}", 0.0, float(i), float(i) + 2.0) for i in range(1, 11)]
+    stats = latencies(records)
+    assert stats["queue to start"].count == 10
+    assert stats["queue to start"].p50 == pytest.approx(5.5)
+    assert stats["start to end"].p99 == pytest.approx(2.0)
+
+
+def test_series_count_trips_on_the_road_and_orders_waiting_in_the_queue() -> None:
+    records = sample_run(10)  # all queued at 0; trip i runs [1+i, 5+i)
+    flight = dict(in_flight_series(records, T0, T0 + 14, points=15))
+    depth = dict(queue_depth_series(records, T0, T0 + 14, points=15))
+    assert flight[T0 + 0] == 0 and flight[T0 + 4.5 - 0.5] == 4 and flight[T0 + 14] == 0
+    assert depth[T0 + 0] == 10 and depth[T0 + 3] == 7 and depth[T0 + 10] == 0
+    tput = throughput_series(records, T0, T0 + 14, points=14)
+    assert sum(rate * 1.0 for _, rate in tput) == pytest.approx(10)
+
+
+def test_rejects_report_rows_are_read_as_line_and_reason() -> None:
+    text = 'line,reason,raw\n3,empty order_id,";nobody;1"\n4,"quantity ""zero""",x\n'
+    assert read_rejects(text) == [(3, "empty order_id"), (4, 'quantity "zero"')]
+
+
+# --- report.html ----------------------------------------------------------------------------
+
+
+def render(records: list[OrderRecord], rejects: list[tuple[int, str]] | None = None) -> str:
+    return render_report(summarize(None, records, T0), records, T0, rejects or [])
+
+
+def test_report_has_one_delivery_rect_per_trip_with_its_order_id() -> None:
+    records = sample_run(25)
+    page = render(records)
+    ids = re.findall(r'<rect class="delivery delivered" data-order-id="([^"]*)"', page)
+    assert sorted(ids) == [r.order_id for r in records]
+    assert 'data-figure="delivered"><div class="v">25<' in page
+
+
+def test_user_text_is_escaped_everywhere_in_the_report() -> None:
+    evil = '<script>alert("x")</script>&"\''
+    records = [
+        delivered(evil, 0, 1, 2),
+        OrderRecord(
+            "bad<b>", OrderState.FAILED, queued_at=T0, finished_at=T0 + 3, reason="<img src=x>"
+        ),
+    ]
+    page = render(records, [(7, "<iframe>")])
+    assert "<script>" not in page and "<img" not in page and "<iframe>" not in page
+    assert "bad<b>" not in page
+    assert 'data-order-id="&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;&#x27;"' in (
+        page
+    )
+    assert "&lt;img src=x&gt;" in page and "&lt;iframe&gt;" in page
+
+
+def test_report_is_self_contained_with_no_url_at_all() -> None:
+    page = render(sample_run(), [(2, "empty order_id")])
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"""\b(src|href)\s*=""", page)
+    assert "@import" not in page and "url(" not in page
+
+
+def test_write_report_reads_the_files_orders_and_figures_from_the_ledger(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    source = "s3://b/orders.csv"
+    ledger.begin_file("b", "orders.csv", "etag", now=T0)
+    ids = ledger.add_queued([f"o{i}" for i in range(5)], source, now=T0 + 0.1)
+    for i, order_id in enumerate(ids):
+        ledger.claim_delivery(order_id, f"req{i}", 60, now=T0 + 1 + i)
+        ledger.complete_delivery(order_id, f"req{i}", 2.0, T0 + 1 + i, T0 + 3 + i)
+    ledger.finish_file("b", "orders.csv", "etag", _done(), rows=6, published=5, rejected=1,
+                       now=T0 + 0.2)  # fmt: skip
+    out = write_report(ledger, source, T0, tmp_path / "out" / "report.html", [(4, "no id")])
+    page = out.read_text()
+    assert page.count('<rect class="delivery delivered"') == 5
+    assert 'data-figure="rows"><div class="v">6<' in page
+    assert 'data-figure="rejected"><div class="v">1<' in page
+    assert "no id" in page
+
+
+def _done() -> Any:
+    from courierflow.ledger.base import FileState
+
+    return FileState.DONE
+
+
+def test_timeline_png_is_written(tmp_path: Path) -> None:
+    out = plot_timeline(sample_run(), tmp_path / "png" / "timeline.png", started_at=T0)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# --- dashboard ------------------------------------------------------------------------------
+
+
+def test_snapshot_counts_states_flight_throughput_and_estimates_depth() -> None:
+    records = [
+        *sample_run(6),  # finished at 5..10
+        OrderRecord("q1", OrderState.QUEUED, queued_at=T0 + 1),
+        OrderRecord("q2", OrderState.DISPATCHED, queued_at=T0 + 1, dispatched_at=T0 + 2),
+        OrderRecord("r1", OrderState.DELIVERING, queued_at=T0 + 1, started_at=T0 + 9),
+        OrderRecord("f1", OrderState.FAILED, queued_at=T0, finished_at=T0 + 11, reason="gone"),
+    ]
+    snap = dashboard.build_snapshot(records, now=T0 + 11, dead_letters=2)
+    assert snap["counts"] == {
+        "queued": 1,
+        "dispatched": 1,
+        "delivering": 1,
+        "delivered": 6,
+        "failed": 1,
+    }
+    assert snap["in_flight"] == 1 and snap["total"] == 10
+    assert snap["throughput_per_s"] == pytest.approx(
+        4 / dashboard.THROUGHPUT_WINDOW_S
+    )  # ends 7..10 in (6, 11]
+    assert (snap["queue_depth"], snap["queue_depth_source"]) == (2, "ledger estimate")
+    assert snap["dead_letters"] == 2
+    assert snap["latest"][0] == {"at": T0 + 11, "order_id": "f1", "event": "failed",
+                                 "reason": "gone"}  # fmt: skip
+    assert len(snap["latest"]) == dashboard.LATEST_EVENTS
+    assert [e["at"] for e in snap["latest"]] == sorted(
+        (e["at"] for e in snap["latest"]), reverse=True
+    )
+    assert dashboard.build_snapshot(records, T0 + 11, dead_letters=2) == snap
+    json.dumps(snap)  # what /events sends
+
+
+def test_snapshot_prefers_the_transport_depth_when_it_has_one() -> None:
+    snap = dashboard.build_snapshot(sample_run(3), now=T0, queue_depth=17)
+    assert (snap["queue_depth"], snap["queue_depth_source"]) == (17, "transport")
+
+
+class CountingLedger(SQLiteLedger):
+    reads = 0
+
+    def orders(self, source: str | None = None) -> list[OrderRecord]:
+        self.reads += 1
+        return super().orders(source)
+
+
+def test_snapshots_are_shared_within_an_interval_and_failed_probes_read_as_none(
+    tmp_path: Path,
+) -> None:
+    now = [T0]
+    ledger = CountingLedger(tmp_path / "l.db")
+
+    def broken() -> int | None:
+        raise OSError("no broker")
+
+    snapper = dashboard.Snapshotter(
+        ledger, dashboard.Probes(queue_depth=broken), clock=lambda: now[0]
+    )
+    first = snapper.snapshot()
+    assert snapper.snapshot() is first and ledger.reads == 1
+    now[0] += 1.0
+    assert snapper.snapshot() is not first and ledger.reads == 2
+    assert first["queue_depth_source"] == "ledger estimate"
+
+
+def asgi_get(app: Any, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One GET through the ASGI app, without a server."""
+    target, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": target,
+        "raw_path": target.encode(),
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+def test_the_api_needs_the_token_by_query_or_header_when_one_is_set(tmp_path: Path) -> None:
+    app = dashboard.create_app(dashboard.Snapshotter(SQLiteLedger(tmp_path / "l.db")), "s3cret")
+    assert asgi_get(app, "/api/snapshot")[0] == 401
+    assert asgi_get(app, "/api/snapshot?token=wrong")[0] == 401
+    assert asgi_get(app, "/events")[0] == 401
+    status, body = asgi_get(app, "/api/snapshot?token=s3cret")
+    assert status == 200 and json.loads(body)["total"] == 0
+    assert asgi_get(app, "/api/snapshot", {"Authorization": "Bearer s3cret"})[0] == 200
+    assert asgi_get(app, "/", {"X-Courierflow-Token": "s3cret"})[0] == 200
+
+
+def test_the_page_is_self_contained_and_listens_with_event_source(tmp_path: Path) -> None:
+    app = dashboard.create_app(dashboard.Snapshotter(SQLiteLedger(tmp_path / "l.db")))
+    status, body = asgi_get(app, "/")
+    page = body.decode()
+    assert status == 200 and "new EventSource(" in page
+    assert "http://" not in page and "https://" not in page
+    assert "setInterval" not in page and "fetch(" not in page  # no polling
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.org", "::"])
+def test_dashboard_refuses_a_non_loopback_host_without_a_token(host: str) -> None:
+    with pytest.raises(ConfigError, match="token"):
+        dashboard.serve_dashboard("sqlite:///unused.db", host=host, token=None)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True),
+                                                ("::1", True), ("0.0.0.0", False)])  # fmt: skip
+def test_loopback_hosts_are_recognised(host: str, loopback: bool) -> None:
+    assert dashboard.is_loopback(host) is loopback
