@@ -406,7 +406,11 @@ function cell(row, text, cls) {
   const td = document.createElement("td"); td.textContent = text;
   if (cls) td.className = cls; row.appendChild(td);
 }
-function clock(at) { return new Date(at * 1000).toLocaleTimeString(); }
+function clock(at) {
+  const d = new Date(at * 1000);
+  const ms = String(d.getMilliseconds()).padStart(3, "0");
+  return d.toLocaleTimeString([], {hour12: false}) + "." + ms;
+}
 function line(values, max, colour) {
   if (values.length < 2) return "";
   const pts = values.map((v, i) =>

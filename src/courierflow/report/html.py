@@ -306,7 +306,7 @@ def line_chart_svg(
         f'aria-label="{_e(label)}">'
         f"{_x_axis(t0, t1, left, width, base, top)}"
         f'<line class="axis" x1="{left}" y1="{base}" x2="{left + width}" y2="{base}"/>'
-        f'<text class="tick" x="{left - 6}" y="{top + 8}" text-anchor="end">{peak:.4g}</text>'
+        f'<text class="tick" x="{left - 6}" y="{top + 8}" text-anchor="end">{peak:.3g}</text>'
         f'<text class="tick" x="{left - 6}" y="{base}" text-anchor="end">0</text>'
         f'<polygon points="{area}" fill="{colour}" fill-opacity="0.18"/>'
         f'<polyline points="{" ".join(points)}" fill="none" stroke="{colour}" '
@@ -340,7 +340,7 @@ rect.delivery:hover { fill:#1d2433; }
 .legend i { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:5px; }
 table { border-collapse:collapse; width:100%; font-size:14px; }
 th, td { text-align:left; padding:5px 8px; border-bottom:1px solid var(--line); }
-th { color:var(--muted); font-weight:600; }
+th { color:var(--muted); font-weight:600; } th.n { text-align:right; }
 td.n { text-align:right; font-variant-numeric:tabular-nums; }
 .note { color:var(--muted); font-size:13px; }
 .banner { background:#fff4e5; border:1px solid #f0c58a; padding:8px 12px; border-radius:6px; }
@@ -378,8 +378,8 @@ def _latency_table(stats: dict[str, Percentiles]) -> str:
         for name, p in stats.items()
     )
     return (
-        '<table class="latency"><tr><th>measure</th><th>samples</th><th>p50</th>'
-        f"<th>p95</th><th>p99</th></tr>{rows}</table>"
+        '<table class="latency"><tr><th>measure</th><th class=n>samples</th><th class=n>p50</th>'
+        f"<th class=n>p95</th><th class=n>p99</th></tr>{rows}</table>"
     )
 
 
@@ -397,6 +397,12 @@ def _rows_table(headers: Sequence[str], rows: Sequence[Sequence[object]], cls: s
         else ""
     )
     return f'<table class="{cls}"><tr>{head}</tr>{body}</table>{more}'
+
+
+def _throughput_bins(delivered: int) -> int:
+    """Bins for the throughput chart: about five deliveries per bin, 10 to 60 bins, so the
+    rate reads as a trend rather than noise."""
+    return max(10, min(60, delivered // 5))
 
 
 def _floats(series: Sequence[tuple[float, int]]) -> list[tuple[float, float]]:
@@ -433,8 +439,8 @@ def render_report(
     )
     charts: list[tuple[str, Sequence[tuple[float, float]], str]] = [
         ("Deliveries in flight", _floats(in_flight_series(records, t0, t1)), "#3b6fd8"),
-        ("Throughput (deliveries completed per second)", throughput_series(records, t0, t1),
-         "#2f9e6b"),
+        ("Throughput (deliveries completed per second)",
+         throughput_series(records, t0, t1, _throughput_bins(summary.delivered)), "#2f9e6b"),
         ("Queue depth (estimated: published, not yet started)",
          _floats(queue_depth_series(records, t0, t1)), "#9b59b6"),
     ]  # fmt: skip
