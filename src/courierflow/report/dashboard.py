@@ -387,7 +387,8 @@ td.t { font-variant-numeric:tabular-nums; color:var(--muted); }
   <p class="note" id="avg"></p></div>
 <div class="card"><h2>In flight and throughput, last 2 minutes</h2>
   <svg id="spark" viewBox="0 0 600 90" preserveAspectRatio="none"></svg>
-  <p class="note"><span style="color:#e0a526">■</span> in flight
+  <p class="note">one point per second, newest on the right, scaled to the largest
+  (<span id="sparkmax">0</span>) &nbsp; <span style="color:#e0a526">■</span> in flight
   &nbsp; <span style="color:#2f9e6b">■</span> deliveries/s &nbsp;
   <span style="color:#9b59b6">■</span> queue depth</p></div>
 <div class="card"><h2>Latest events</h2>
@@ -414,7 +415,7 @@ function clock(at) {
 function line(values, max, colour) {
   if (values.length < 2) return "";
   const pts = values.map((v, i) =>
-    (i * 600 / (history.length - 1)).toFixed(1) + "," + (88 - 84 * v / max).toFixed(1));
+    (600 - (values.length - 1 - i) * 5).toFixed(1) + "," + (88 - 84 * v / max).toFixed(1));
   return '<polyline fill="none" stroke-width="2" stroke="' + colour + '" points="' +
     pts.join(" ") + '"/>';
 }
@@ -442,6 +443,7 @@ function render(s) {
   const inflight = history.map(h => h.in_flight), tput = history.map(h => h.throughput_per_s);
   const depth = history.map(h => h.queue_depth);
   const max = Math.max(1, ...inflight, ...tput, ...depth);
+  setText("sparkmax", max.toFixed(1));
   document.getElementById("spark").innerHTML =
     line(depth, max, "#9b59b6") + line(inflight, max, "#e0a526") + line(tput, max, "#2f9e6b");
   const body = document.getElementById("latest");

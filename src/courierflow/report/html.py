@@ -524,8 +524,10 @@ def plot_timeline(
     ax.set_title(f"{len(bars)} deliveries on {lanes} lanes")
     ax.legend(
         handles=[Patch(color=c, label=n) for n, c in OUTCOME_COLOURS.items()],
-        loc="upper right",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
         fontsize=8,
+        frameon=False,
     )
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
