@@ -1,9 +1,76 @@
-"""`courierflow aws ...`, `deploy`, `destroy`, `build-layer` (placeholder)."""
+"""`courierflow aws check`, `deploy`, `destroy`, `build-layer`: parse and delegate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Deploy to and check AWS.")
+app = typer.Typer(
+    help="Check that this AWS account is ready for courierflow.", no_args_is_help=True
+)
+Region = Annotated[str, typer.Option(help="AWS region.")]
+Stack = Annotated[str, typer.Option(help="CloudFormation stack name.")]
+
+
+@app.command()
+def check(region: Region = "us-east-1") -> None:
+    """Credentials, region, and what the account allows (can roles be created?)."""
+    from courierflow.aws.deploy import check as run_check
+
+    for key, value in run_check(region).items():
+        typer.echo(f"{key:>8}: {value}")
+
+
+def build_layer(
+    out: Annotated[Path, typer.Option(help="Zip to write.")] = Path("layer_contents.zip"),
+    python_version: Annotated[str, typer.Option(help="Lambda runtime's Python.")] = "3.11",
+) -> None:
+    """Build layer_contents.zip (python/ with pika and courierflow) for the Lambda runtime."""
+    from courierflow.aws.layer import build_layer as run_build
+
+    typer.echo(f"wrote {run_build(out, python_version)}")
+
+
+def deploy(
+    transport: Annotated[
+        str, typer.Option(help="rabbitmq (EC2 broker + manager) or sqs.")
+    ] = "rabbitmq",
+    mode: Annotated[str, typer.Option(help="manager, or serverless (sqs only).")] = "manager",
+    role_arn: Annotated[str, typer.Option(help="Existing role (Learner Lab: LabRole's ARN).")] = "",
+    instance_profile: Annotated[str, typer.Option(help="Learner Lab: LabInstanceProfile.")] = "",
+    key_name: Annotated[str, typer.Option(help="EC2 key pair for SSH.")] = "",
+    ssh_cidr: Annotated[str, typer.Option(help="Who may SSH to the broker.")] = "127.0.0.1/32",
+    stack_name: Stack = "courierflow",
+    region: Region = "us-east-1",
+) -> None:
+    """Build and deploy the whole system with one CloudFormation change set."""
+    from courierflow.aws.deploy import DeployOptions
+    from courierflow.aws.deploy import deploy as run_deploy
+
+    out = run_deploy(
+        DeployOptions(
+            stack_name, region, transport, mode, role_arn, instance_profile, key_name, ssh_cidr
+        )
+    )
+    for key, value in out.items():
+        typer.echo(f"{key}: {value}")
+    bucket = out.get("UploadBucketName", "BUCKET")
+    typer.echo(
+        f"upload orders with: courierflow submit FILE --aws   (or aws s3 cp FILE s3://{bucket}/)"
+    )
+
+
+def destroy(stack_name: Stack = "courierflow", region: Region = "us-east-1") -> None:
+    """Empty the upload bucket and delete the stack."""
+    from courierflow.aws.deploy import destroy as run_destroy
+
+    run_destroy(stack_name, region)
 
 
 def register(root: typer.Typer) -> None:
-    """Add the top-level AWS commands (deploy, destroy, build-layer) to the root app."""
+    """Add the top-level AWS commands to the root app."""
+    root.command("deploy")(deploy)
+    root.command("destroy")(destroy)
+    root.command("build-layer")(build_layer)
