@@ -1,89 +1,185 @@
 #!/usr/bin/env bash
-# Set up the courierflow broker + manager host (Debian 12). Idempotent: run it again to
-# repair or upgrade. Used by the EC2 instance's user data; also runs by hand as root.
+# Set up the courierflow host on Debian 12: RabbitMQ from Debian's packages, a broker user
+# with generated credentials, and the manager as a systemd service. Idempotent: running it
+# again repairs or upgrades and changes nothing else. The EC2 user data runs it as root.
+#
+# Usage: bootstrap.sh [--no-systemd] [--skip-install] [--skip-rabbitmq] [--help]
+#   --no-systemd     start RabbitMQ with `rabbitmq-server -detached` and do not enable the
+#                    manager unit (auto-selected when /run/systemd/system is absent)
+#   --skip-install   do not build the courierflow venv (CI checks the broker part only)
+#   --skip-rabbitmq  the SQS transport: no broker here, only the manager
 #
 # Inputs (environment):
-#   AMQP_URL                 amqp://USER:PASSWORD@HOST:5672/VHOST, or
-#   AMQP_SECRET_PARAMETER    name of an SSM SecureString holding that URL (read with the instance role)
-#   COURIERFLOW_SOURCE       wheel, directory or pip requirement for courierflow (default: courierflow)
-#   COURIERFLOW_LEDGER_URL   e.g. dynamodb://TABLE (written to the manager's environment)
-#   SKIP_COURIERFLOW=1       only set up RabbitMQ (CI checks the broker part this way)
-#   RABBITMQCTL              rabbitmqctl command (CI points it at a private node)
+#   AMQP_URL               amqp://USER:PASSWORD@HOST:PORT/VHOST, or
+#   AMQP_SECRET_PARAMETER  name of the SSM SecureString that holds it (read with the instance
+#                          role; also handed to the manager, which reads it itself)
+#   COURIERFLOW_SOURCE     wheel, folder or requirement to pip install (default: courierflow)
+#   COURIERFLOW_ENV        extra KEY=VALUE lines for the manager's environment file
+#   COURIERFLOW_PREFIX     venv folder (default /opt/courierflow)
+#   COURIERFLOW_ETC        env file folder (default /etc/courierflow)
+#   RABBITMQ_BIN           folder of rabbitmq-server/rabbitmqctl (default /usr/sbin; a private
+#                          node run as root uses /usr/lib/rabbitmq/bin to keep its HOME)
+#   RABBITMQ_CONFIG_FILE   config file without .conf (default /etc/rabbitmq/rabbitmq)
+#   RABBITMQ_MANAGEMENT_PORT  console port, bound to 127.0.0.1 only (default 15672)
+#   RABBITMQ_NODENAME, RABBITMQ_NODE_PORT, RABBITMQ_MNESIA_BASE, RABBITMQ_LOG_BASE,
+#   RABBITMQ_ENABLED_PLUGINS_FILE, ERL_EPMD_PORT, HOME: passed through to RabbitMQ, so a
+#   test can run the whole broker part against a private node on a free port.
 set -euo pipefail
 
 log() { echo "[bootstrap] $*"; }
-RABBITMQCTL=${RABBITMQCTL:-rabbitmqctl}
-HAS_SYSTEMD=0
-[ -d /run/systemd/system ] && HAS_SYSTEMD=1
+die() { echo "[bootstrap] error: $*" >&2; exit 2; }
 
-# --- credentials --------------------------------------------------------------------------
-if [ -z "${AMQP_URL:-}" ] && [ -n "${AMQP_SECRET_PARAMETER:-}" ]; then
+#: seconds to wait for the broker to answer after starting it
+STARTUP_TIMEOUT_S=${STARTUP_TIMEOUT_S:-120}
+
+USE_SYSTEMD=auto
+INSTALL_COURIERFLOW=1
+SETUP_RABBITMQ=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-systemd) USE_SYSTEMD=0 ;;
+    --skip-install) INSTALL_COURIERFLOW=0 ;;
+    --skip-rabbitmq) SETUP_RABBITMQ=0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) die "unknown argument $arg (see --help)" ;;
+  esac
+done
+if [ "$USE_SYSTEMD" = auto ]; then
+  if [ -d /run/systemd/system ]; then USE_SYSTEMD=1; else USE_SYSTEMD=0; fi
+fi
+
+RABBITMQ_BIN=${RABBITMQ_BIN:-/usr/sbin}
+export RABBITMQ_CONFIG_FILE=${RABBITMQ_CONFIG_FILE:-/etc/rabbitmq/rabbitmq}
+MANAGEMENT_PORT=${RABBITMQ_MANAGEMENT_PORT:-15672}
+PREFIX=${COURIERFLOW_PREFIX:-/opt/courierflow}
+ETC=${COURIERFLOW_ETC:-/etc/courierflow}
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+# run a RabbitMQ CLI tool against our node: rmq TOOL ARGS...
+rmq() {
+  local tool=$1
+  shift
+  if [ -n "${RABBITMQ_NODENAME:-}" ]; then
+    "$RABBITMQ_BIN/$tool" -n "$RABBITMQ_NODENAME" "$@"
+  else
+    "$RABBITMQ_BIN/$tool" "$@"
+  fi
+}
+ctl() { rmq rabbitmqctl "$@"; }
+
+# --- credentials -------------------------------------------------------------------------
+if [ -z "${AMQP_URL:-}" ] && [ -n "${AMQP_SECRET_PARAMETER:-}" ] && [ "$SETUP_RABBITMQ" = 1 ]; then
+  command -v aws >/dev/null || die "the aws CLI is needed to read $AMQP_SECRET_PARAMETER"
   AMQP_URL=$(aws ssm get-parameter --name "$AMQP_SECRET_PARAMETER" --with-decryption \
     --query Parameter.Value --output text)
 fi
-[ -n "${AMQP_URL:-}" ] || { echo "set AMQP_URL or AMQP_SECRET_PARAMETER" >&2; exit 2; }
-rest=${AMQP_URL#amqp://}
-AMQP_USER=${rest%%:*}
-rest=${rest#*:}
-AMQP_PASSWORD=${rest%%@*}
-AMQP_VHOST=${AMQP_URL##*/}
-AMQP_VHOST=${AMQP_VHOST:-/}
 
-# --- RabbitMQ from Debian's packages --------------------------------------------------------
-if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
-  log "installing rabbitmq-server"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
-fi
-if [ "${SKIP_SYSTEM_CONFIG:-0}" != 1 ]; then
-  # management console on localhost only (reach it through an SSH tunnel)
-  mkdir -p /etc/rabbitmq
-  grep -q "^management.tcp.ip" /etc/rabbitmq/rabbitmq.conf 2>/dev/null \
-    || echo "management.tcp.ip = 127.0.0.1" >> /etc/rabbitmq/rabbitmq.conf
-  rabbitmq-plugins --offline enable rabbitmq_management >/dev/null
-  if [ "$HAS_SYSTEMD" = 1 ]; then
-    systemctl enable --now rabbitmq-server
-  elif ! $RABBITMQCTL status >/dev/null 2>&1; then
-    rabbitmq-server -detached
+setup_rabbitmq() {
+  [ -n "${AMQP_URL:-}" ] || die "set AMQP_URL or AMQP_SECRET_PARAMETER"
+  local rest user password vhost
+  rest=${AMQP_URL#amqp://}
+  rest=${rest#amqps://}
+  user=${rest%%:*}
+  rest=${rest#*:}
+  password=${rest%%@*}
+  vhost=${AMQP_URL##*/}
+  vhost=${vhost//%2F//}
+  vhost=${vhost:-/}
+  case "$AMQP_URL" in
+    amqp://*:*@* | amqps://*:*@*) ;;
+    *) die "AMQP_URL has no user:password (amqp://USER:PASSWORD@HOST:PORT/VHOST)" ;;
+  esac
+
+  if [ ! -x "$RABBITMQ_BIN/rabbitmq-server" ]; then
+    log "installing rabbitmq-server from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
   fi
-fi
-for _ in $(seq 1 60); do $RABBITMQCTL await_startup >/dev/null 2>&1 && break; sleep 2; done
 
-# --- user, vhost, no guest ----------------------------------------------------------------
-if $RABBITMQCTL list_users --silent | awk '{print $1}' | grep -qx "$AMQP_USER"; then
-  $RABBITMQCTL change_password "$AMQP_USER" "$AMQP_PASSWORD" >/dev/null
-else
-  $RABBITMQCTL add_user "$AMQP_USER" "$AMQP_PASSWORD" >/dev/null
-fi
-$RABBITMQCTL list_vhosts --silent | grep -qx "$AMQP_VHOST" || $RABBITMQCTL add_vhost "$AMQP_VHOST" >/dev/null
-$RABBITMQCTL set_permissions -p "$AMQP_VHOST" "$AMQP_USER" ".*" ".*" ".*" >/dev/null
-if $RABBITMQCTL list_users --silent | awk '{print $1}' | grep -qx guest; then
-  $RABBITMQCTL delete_user guest >/dev/null
-fi
-log "RabbitMQ ready: user $AMQP_USER on vhost $AMQP_VHOST, guest removed"
+  # The management console listens on 127.0.0.1 only: reach it through an SSH tunnel.
+  local conf="$RABBITMQ_CONFIG_FILE.conf" wanted changed=0
+  mkdir -p "$(dirname "$conf")"
+  touch "$conf"
+  wanted=$(grep -v '^management\.tcp\.\(ip\|port\)' "$conf" || true)
+  wanted=$(printf '%s\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %s\n' \
+    "$wanted" "$MANAGEMENT_PORT" | sed '/^$/d')
+  if [ "$wanted" != "$(cat "$conf")" ]; then
+    printf '%s\n' "$wanted" > "$conf"
+    changed=1
+  fi
 
-[ "${SKIP_COURIERFLOW:-0}" = 1 ] && exit 0
+  if ctl status >/dev/null 2>&1; then
+    rmq rabbitmq-plugins enable rabbitmq_management >/dev/null
+    if [ "$changed" = 1 ] && [ "$USE_SYSTEMD" = 1 ]; then
+      log "configuration changed: restarting RabbitMQ"
+      systemctl restart rabbitmq-server
+    elif [ "$changed" = 1 ]; then
+      log "configuration changed: restart the node to apply it"
+    fi
+  else
+    rmq rabbitmq-plugins --offline enable rabbitmq_management >/dev/null
+    if [ "$USE_SYSTEMD" = 1 ]; then
+      systemctl enable --now rabbitmq-server
+    else
+      "$RABBITMQ_BIN/rabbitmq-server" -detached
+    fi
+  fi
+  # await_startup fails at once while the node is not yet registered: poll until it answers
+  local deadline=$((SECONDS + STARTUP_TIMEOUT_S))
+  until ctl await_startup --timeout 10 >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "RabbitMQ did not start within ${STARTUP_TIMEOUT_S}s"
+    sleep 1
+  done
 
-# --- courierflow and the manager service ------------------------------------------------------
-command -v python3 >/dev/null || { apt-get update -qq; apt-get install -y -qq python3; }
-apt-get install -y -qq python3-venv >/dev/null 2>&1 || true
-python3 -m venv /opt/courierflow
-/opt/courierflow/bin/pip install -q -U pip
-/opt/courierflow/bin/pip install -q "${COURIERFLOW_SOURCE:-courierflow}"
-install -d -m 0750 /etc/courierflow
-umask 077
-cat > /etc/courierflow/manager.env <<ENV
-COURIERFLOW_AMQP_SECRET=${AMQP_SECRET_PARAMETER:-}
-COURIERFLOW_LEDGER_URL=${COURIERFLOW_LEDGER_URL:-}
-AWS_REGION=${AWS_REGION:-us-east-1}
-ENV
-[ -z "${AMQP_SECRET_PARAMETER:-}" ] && echo "COURIERFLOW_AMQP_URL=$AMQP_URL" >> /etc/courierflow/manager.env
-install -m 0644 "$(dirname "$0")/courierflow-manager.service" /etc/systemd/system/courierflow-manager.service 2>/dev/null \
-  || cp /opt/courierflow/share/courierflow-manager.service /etc/systemd/system/ 2>/dev/null || true
-if [ "$HAS_SYSTEMD" = 1 ]; then
-  systemctl daemon-reload
-  systemctl enable --now courierflow-manager
-  log "manager running: journalctl -u courierflow-manager -f"
-else
-  log "no systemd here: start the manager with /opt/courierflow/bin/courierflow manager"
-fi
+  if ctl list_users --silent | awk '{print $1}' | grep -qxF "$user"; then
+    ctl change_password "$user" "$password" >/dev/null
+  else
+    ctl add_user "$user" "$password" >/dev/null
+  fi
+  ctl list_vhosts --silent | grep -qxF "$vhost" || ctl add_vhost "$vhost" >/dev/null
+  ctl set_permissions -p "$vhost" "$user" ".*" ".*" ".*" >/dev/null
+  ctl set_user_tags "$user" management >/dev/null
+  if ctl list_users --silent | awk '{print $1}' | grep -qx guest; then
+    ctl delete_user guest >/dev/null
+  fi
+  log "RabbitMQ ready: user $user on vhost $vhost, guest removed, console on 127.0.0.1:$MANAGEMENT_PORT"
+}
+
+install_manager() {
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  [ -x "$PREFIX/bin/pip" ] || python3 -m venv "$PREFIX"
+  "$PREFIX/bin/pip" install -q --upgrade "${COURIERFLOW_SOURCE:-courierflow}"
+
+  install -d -m 0750 "$ETC"
+  (
+    umask 077
+    {
+      echo "# written by bootstrap.sh; the manager reads it (systemd EnvironmentFile)"
+      echo "AWS_REGION=${AWS_REGION:-us-east-1}"
+      if [ -n "${AMQP_SECRET_PARAMETER:-}" ]; then
+        echo "COURIERFLOW_AMQP_SECRET=$AMQP_SECRET_PARAMETER"
+      elif [ -n "${AMQP_URL:-}" ]; then
+        echo "COURIERFLOW_AMQP_URL=$AMQP_URL"
+      fi
+      if [ -n "${COURIERFLOW_ENV:-}" ]; then printf '%s\n' "$COURIERFLOW_ENV"; fi
+    } > "$ETC/manager.env.tmp"
+    mv "$ETC/manager.env.tmp" "$ETC/manager.env"
+  )
+
+  if [ "$USE_SYSTEMD" = 1 ]; then
+    install -m 0644 "$HERE/courierflow-manager.service" /etc/systemd/system/courierflow-manager.service
+    systemctl daemon-reload
+    systemctl enable courierflow-manager
+    systemctl restart courierflow-manager
+    log "manager running: journalctl -u courierflow-manager -f"
+  else
+    log "no systemd: start the manager with: env \$(cat $ETC/manager.env | grep -v '^#') $PREFIX/bin/courierflow manager"
+  fi
+}
+
+if [ "$SETUP_RABBITMQ" = 1 ]; then setup_rabbitmq; fi
+if [ "$INSTALL_COURIERFLOW" = 1 ]; then install_manager; fi
+log "done"
