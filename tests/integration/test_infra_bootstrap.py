@@ -8,6 +8,7 @@ machine's own broker (if any) is never touched. The courierflow venv part is ski
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -84,10 +85,8 @@ class PrivateNode:
         if self.pid_file.exists():
             pid = int(self.pid_file.read_text().strip() or 0)
             if pid:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 @pytest.fixture
