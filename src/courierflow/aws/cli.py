@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from courierflow.errors import CourierflowError
+
 app = typer.Typer(
     help="Check that this AWS account is ready for courierflow.", no_args_is_help=True
 )
@@ -14,13 +16,37 @@ Region = Annotated[str, typer.Option(help="AWS region.")]
 Stack = Annotated[str, typer.Option(help="CloudFormation stack name.")]
 
 
+def _fail(exc: CourierflowError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
 @app.command()
 def check(region: Region = "us-east-1") -> None:
     """Credentials, region, and what the account allows (can roles be created?)."""
     from courierflow.aws.deploy import check as run_check
 
-    for key, value in run_check(region).items():
+    try:
+        report = run_check(region)
+    except CourierflowError as exc:
+        raise _fail(exc) from None
+    for key, value in report.items():
         typer.echo(f"{key:>8}: {value}")
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="CSV file of orders.", exists=True)],
+    stack_name: Stack = "courierflow",
+    region: Region = "us-east-1",
+) -> None:
+    """Upload FILE to the deployed stack's upload bucket (this triggers the publisher)."""
+    from courierflow.aws.deploy import submit as run_submit
+
+    try:
+        run_submit(file, stack_name, region, say=typer.echo)
+    except CourierflowError as exc:
+        raise _fail(exc) from None
 
 
 def build_layer(
@@ -35,13 +61,16 @@ def build_layer(
 
 def deploy(
     transport: Annotated[
-        str, typer.Option(help="rabbitmq (EC2 broker + manager) or sqs.")
+        str, typer.Option(help="rabbitmq (broker + manager on EC2) or sqs.")
     ] = "rabbitmq",
-    mode: Annotated[str, typer.Option(help="manager, or serverless (sqs only).")] = "manager",
+    mode: Annotated[
+        str, typer.Option(help="manager (EC2), or serverless (sqs only: SQS invokes Lambda).")
+    ] = "manager",
     role_arn: Annotated[str, typer.Option(help="Existing role (Learner Lab: LabRole's ARN).")] = "",
     instance_profile: Annotated[str, typer.Option(help="Learner Lab: LabInstanceProfile.")] = "",
+    instance_type: Annotated[str, typer.Option(help="t3.micro or t2.micro.")] = "t3.micro",
     key_name: Annotated[str, typer.Option(help="EC2 key pair for SSH.")] = "",
-    ssh_cidr: Annotated[str, typer.Option(help="Who may SSH to the broker.")] = "127.0.0.1/32",
+    ssh_cidr: Annotated[str, typer.Option(help="Who may SSH to the instance.")] = "127.0.0.1/32",
     stack_name: Stack = "courierflow",
     region: Region = "us-east-1",
 ) -> None:
@@ -49,24 +78,27 @@ def deploy(
     from courierflow.aws.deploy import DeployOptions
     from courierflow.aws.deploy import deploy as run_deploy
 
-    out = run_deploy(
-        DeployOptions(
-            stack_name, region, transport, mode, role_arn, instance_profile, key_name, ssh_cidr
-        )
-    )
+    options = DeployOptions(
+        stack_name=stack_name, region=region, transport=transport, mode=mode,
+        role_arn=role_arn, instance_profile=instance_profile, key_name=key_name,
+        ssh_cidr=ssh_cidr, instance_type=instance_type,
+    )  # fmt: skip
+    try:
+        out = run_deploy(options, say=typer.echo)
+    except CourierflowError as exc:
+        raise _fail(exc) from None
     for key, value in out.items():
         typer.echo(f"{key}: {value}")
-    bucket = out.get("UploadBucketName", "BUCKET")
-    typer.echo(
-        f"upload orders with: courierflow submit FILE --aws   (or aws s3 cp FILE s3://{bucket}/)"
-    )
 
 
 def destroy(stack_name: Stack = "courierflow", region: Region = "us-east-1") -> None:
     """Empty the upload bucket and delete the stack."""
     from courierflow.aws.deploy import destroy as run_destroy
 
-    run_destroy(stack_name, region)
+    try:
+        run_destroy(stack_name, region, say=typer.echo)
+    except CourierflowError as exc:
+        raise _fail(exc) from None
 
 
 def register(root: typer.Typer) -> None:

@@ -3,6 +3,7 @@ transform), from the same code the local stack runs."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import subprocess
 import sys
@@ -24,11 +25,24 @@ TEMPLATE = ROOT / "infra" / "template.yaml"
 BOOTSTRAP = ROOT / "infra" / "ec2" / "bootstrap.sh"
 #: the broker's fixed private address in the template's public subnet
 BROKER_IP = "10.42.0.10"
+#: the broker user `deploy` generates a password for
 AMQP_USER = "courierflow"
+#: the broker's virtual host
 AMQP_VHOST = "courierflow"
+#: the SSM SecureString parameter holding the AMQP URL (with the generated password)
 PARAMETER = "/courierflow/amqp-url"
 #: the stack states that mean "finished" (successfully or not)
 DONE = ("_COMPLETE", "_FAILED")
+#: the layer path in the template, replaced by the uploaded zip's S3 URI
+LOCAL_LAYER = "ContentUri: ../layer_contents.zip"
+#: key prefix of every artifact in the artifacts bucket
+ARTIFACT_PREFIX = "courierflow/"
+#: seconds between two looks at a stack in progress
+POLL_S = 5.0
+#: stack names become bucket names (lower case, digits, hyphens)
+STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+TRANSPORTS = ("rabbitmq", "sqs")
+MODES = ("manager", "serverless")
 
 
 class DeployError(CourierflowError):
@@ -37,6 +51,8 @@ class DeployError(CourierflowError):
 
 @dataclass
 class DeployOptions:
+    """What `courierflow deploy` was asked for; ``validate()`` refuses impossible mixes."""
+
     stack_name: str = "courierflow"
     region: str = "us-east-1"
     transport: str = "rabbitmq"
@@ -45,6 +61,52 @@ class DeployOptions:
     instance_profile: str = ""
     key_name: str = ""
     ssh_cidr: str = "127.0.0.1/32"
+    instance_type: str = "t3.micro"
+
+    def validate(self) -> None:
+        """Raises DeployError naming the option when the combination cannot deploy."""
+        if self.transport not in TRANSPORTS:
+            raise DeployError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+        if self.mode not in MODES:
+            raise DeployError(f"--mode must be one of {', '.join(MODES)}")
+        if self.mode == "serverless" and self.transport != "sqs":
+            raise DeployError("--mode serverless needs --transport sqs (SQS invokes the function)")
+        if not STACK_NAME.match(self.stack_name):
+            raise DeployError(
+                f"--stack-name {self.stack_name!r}: use lower-case letters, digits and hyphens "
+                "(it becomes part of the upload bucket's name)"
+            )
+        if self.role_arn and not self.instance_profile and self.mode == "manager":
+            raise DeployError(
+                "--role-arn given without --instance-profile: an account that cannot create "
+                "roles cannot create the manager's either (Learner Lab: LabInstanceProfile)"
+            )
+
+
+def template_parameters(
+    options: DeployOptions, artifact_bucket: str, secret_parameter: str = PARAMETER
+) -> dict[str, str]:
+    """The stack parameters for these options (names as the template declares them)."""
+    params = {
+        "Transport": options.transport,
+        "Mode": options.mode,
+        "RoleArn": options.role_arn,
+        "InstanceProfileName": options.instance_profile,
+        "InstanceType": options.instance_type,
+        "KeyName": options.key_name,
+        "SshCidr": options.ssh_cidr,
+        "ArtifactBucket": artifact_bucket,
+        "BrokerSecretParameter": secret_parameter,
+    }
+    return params
+
+
+def template_body(layer_uri: str) -> str:
+    """The SAM template with the layer pointing at the uploaded zip."""
+    text = TEMPLATE.read_text()
+    if LOCAL_LAYER not in text:
+        raise DeployError(f"{TEMPLATE} no longer has {LOCAL_LAYER!r}; update deploy.py")
+    return text.replace(LOCAL_LAYER, f"ContentUri: {layer_uri}")
 
 
 def _aws(call: Callable[..., Any], **kwargs: Any) -> Any:
@@ -82,76 +144,86 @@ def _artifact_bucket(s3: Any, account: str, region: str) -> str:
 
 
 def deploy(options: DeployOptions, say: Callable[[str], None] = print) -> dict[str, str]:
-    """Build, upload, create or update the stack through a change set; returns outputs."""
+    """Build and upload the artifacts, store the broker secret, then create or update the
+    stack through one change set. Returns the stack outputs.
+
+    Raises:
+        DeployError: a step was refused; the message names it.
+    """
+    options.validate()
     region = options.region
     account = _aws(boto3.client("sts", region_name=region).get_caller_identity)["Account"]
     s3 = boto3.client("s3", region_name=region)
     bucket = _artifact_bucket(s3, account, region)
+    say(f"artifacts go to s3://{bucket}/{ARTIFACT_PREFIX}")
     with tempfile.TemporaryDirectory() as tmp:
         say("building the layer (pika + courierflow for python3.11, x86_64) ...")
         layer = build_layer(Path(tmp) / "layer_contents.zip")
-        _aws(
-            s3.upload_file, Filename=str(layer), Bucket=bucket, Key="courierflow/layer_contents.zip"
+        layer_key = f"{ARTIFACT_PREFIX}layer_contents.zip"
+        _aws(s3.upload_file, Filename=str(layer), Bucket=bucket, Key=layer_key)
+        if options.mode == "manager":
+            for path in _manager_artifacts(Path(tmp), say):
+                _aws(
+                    s3.upload_file,
+                    Filename=str(path),
+                    Bucket=bucket,
+                    Key=f"{ARTIFACT_PREFIX}{path.name}",
+                )
+    if options.transport == "rabbitmq":
+        store_broker_url(boto3.client("ssm", region_name=region), say)
+    body = template_body(f"s3://{bucket}/{layer_key}")
+    return _apply_change_set(options, body, template_parameters(options, bucket), say)
+
+
+def _manager_artifacts(tmp: Path, say: Callable[[str], None]) -> list[Path]:
+    """The courierflow wheel, bootstrap.sh and the unit file the EC2 user data fetches."""
+    say("building the courierflow wheel for the EC2 manager ...")
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp), str(ROOT)],
+            check=True,
         )
-        if options.transport == "rabbitmq":
-            say("building the courierflow wheel for the EC2 manager ...")
-            subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp, str(ROOT)],
-                check=True,
-            )
-            wheel = next(Path(tmp).glob("courierflow-*.whl"))
-            _aws(
-                s3.upload_file, Filename=str(wheel), Bucket=bucket, Key=f"courierflow/{wheel.name}"
-            )
-            _aws(
-                s3.upload_file,
-                Filename=str(BOOTSTRAP),
-                Bucket=bucket,
-                Key="courierflow/bootstrap.sh",
-            )
-            _store_broker_url(region, say)
-    body = TEMPLATE.read_text().replace(
-        "ContentUri: ../layer_contents.zip",
-        f"ContentUri: s3://{bucket}/courierflow/layer_contents.zip",
-    )
-    return _apply_change_set(options, body, bucket, say)
+    except subprocess.CalledProcessError as exc:
+        raise DeployError(f"could not build the courierflow wheel: {exc}") from None
+    wheel = next(tmp.glob("courierflow-*.whl"))
+    return [wheel, BOOTSTRAP, BOOTSTRAP.parent / "courierflow-manager.service"]
 
 
-def _store_broker_url(region: str, say: Callable[[str], None]) -> None:
-    """A generated broker password, kept only in SSM Parameter Store (SecureString)."""
-    ssm = boto3.client("ssm", region_name=region)
+def store_broker_url(ssm: Any, say: Callable[[str], None] = print) -> str:
+    """Generate the broker password once and keep the AMQP URL only in SSM (SecureString).
+
+    CloudFormation cannot create SecureString parameters, so this runs before the stack;
+    a parameter that already exists is kept (the broker already has that password).
+    Returns the parameter name.
+    """
     try:
         ssm.get_parameter(Name=PARAMETER, WithDecryption=False)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ParameterNotFound":
+            raise DeployError(f"cannot read SSM {PARAMETER}: {exc}") from None
+    else:
         say(f"broker credentials already in SSM {PARAMETER}; kept")
-        return
-    except ClientError:
-        pass
+        return PARAMETER
     password = secrets.token_urlsafe(24)
     url = f"amqp://{AMQP_USER}:{password}@{BROKER_IP}:5672/{AMQP_VHOST}"
     _aws(ssm.put_parameter, Name=PARAMETER, Value=url, Type="SecureString", Overwrite=False)
     say(f"generated broker credentials, stored in SSM {PARAMETER} (SecureString)")
+    return PARAMETER
 
 
 def _apply_change_set(
-    options: DeployOptions, body: str, bucket: str, say: Callable[[str], None]
+    options: DeployOptions, body: str, params: dict[str, str], say: Callable[[str], None]
 ) -> dict[str, str]:
     cfn = boto3.client("cloudformation", region_name=options.region)
-    try:
-        cfn.describe_stacks(StackName=options.stack_name)
-        kind = "UPDATE"
-    except ClientError:
-        kind = "CREATE"
-    params = {
-        "Transport": options.transport,
-        "Mode": options.mode,
-        "RoleArn": options.role_arn,
-        "InstanceProfileName": options.instance_profile,
-        "KeyName": options.key_name,
-        "SshCidr": options.ssh_cidr,
-        "ArtifactBucket": bucket,
-        "BrokerSecretParameter": PARAMETER,
-    }
+    current = _status(cfn, options.stack_name)
+    if current == "ROLLBACK_COMPLETE":
+        raise DeployError(
+            f"stack {options.stack_name} failed to create and can only be deleted: "
+            "run `courierflow destroy` and deploy again"
+        )
+    kind = "CREATE" if current is None else "UPDATE"
     name = f"courierflow-{int(time.time())}"
+    started = time.time()
     _aws(
         cfn.create_change_set,
         StackName=options.stack_name,
@@ -162,57 +234,111 @@ def _apply_change_set(
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND", "CAPABILITY_NAMED_IAM"],
     )
     say(f"change set {name} ({kind}) created; waiting for it ...")
-    _aws(
-        cfn.get_waiter("change_set_create_complete").wait,
-        StackName=options.stack_name,
-        ChangeSetName=name,
-    )
+    try:
+        cfn.get_waiter("change_set_create_complete").wait(
+            StackName=options.stack_name, ChangeSetName=name, WaiterConfig={"Delay": int(POLL_S)}
+        )
+    except (ClientError, BotoCoreError):
+        described = _aws(cfn.describe_change_set, StackName=options.stack_name, ChangeSetName=name)
+        reason = str(described.get("StatusReason", ""))
+        if "didn't contain changes" in reason or "No updates" in reason:
+            say("nothing to change: the stack is up to date")
+            _aws(cfn.delete_change_set, StackName=options.stack_name, ChangeSetName=name)
+            return outputs(options.stack_name, options.region)
+        raise DeployError(f"change set {name} failed: {reason}") from None
     _aws(cfn.execute_change_set, StackName=options.stack_name, ChangeSetName=name)
-    status = _follow(cfn, options.stack_name, say)
+    status = _follow(cfn, options.stack_name, say, since=started)
     if not status.endswith("_COMPLETE") or "ROLLBACK" in status:
         raise DeployError(f"stack {options.stack_name} ended in {status}; see the events above")
     return outputs(options.stack_name, options.region)
 
 
-def _follow(cfn: Any, stack: str, say: Callable[[str], None]) -> str:
+def _follow(cfn: Any, stack: str, say: Callable[[str], None], since: float = 0.0) -> str:
+    """Print each new stack event until the stack settles; returns the final status
+    (``DELETE_COMPLETE`` once a deleted stack is gone)."""
     seen: set[str] = set()
     while True:
-        events = _aws(cfn.describe_stack_events, StackName=stack)["StackEvents"]
+        status = _status(cfn, stack)
+        if status is None:
+            return "DELETE_COMPLETE"
+        try:
+            events = cfn.describe_stack_events(StackName=stack)["StackEvents"]
+        except ClientError:
+            events = []  # deleted between the two calls
         for event in reversed(events):
-            if event["EventId"] not in seen:
-                seen.add(event["EventId"])
-                reason = event.get("ResourceStatusReason", "")
-                say(f"{event['LogicalResourceId']:<28} {event['ResourceStatus']:<22} {reason}")
-        status = str(_aws(cfn.describe_stacks, StackName=stack)["Stacks"][0]["StackStatus"])
+            stamp = event.get("Timestamp")
+            if event["EventId"] in seen or (stamp is not None and stamp.timestamp() < since - 1):
+                continue
+            seen.add(event["EventId"])
+            reason = event.get("ResourceStatusReason", "")
+            say(f"{event['LogicalResourceId']:<28} {event['ResourceStatus']:<22} {reason}")
         if status.endswith(DONE) and "IN_PROGRESS" not in status:
             return status
-        time.sleep(5)
+        time.sleep(POLL_S)
 
 
 def outputs(stack: str, region: str) -> dict[str, str]:
+    """The stack's outputs by key."""
     cfn = boto3.client("cloudformation", region_name=region)
     described = _aws(cfn.describe_stacks, StackName=stack)["Stacks"][0]
     return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
 
 
 def destroy(stack: str, region: str, say: Callable[[str], None] = print) -> None:
-    """Empty the upload bucket (it must be empty to go), then delete the stack."""
-    out = outputs(stack, region)
-    bucket = out.get("UploadBucketName")
-    if bucket:
-        s3 = boto3.resource("s3", region_name=region).Bucket(bucket)
-        s3.object_versions.delete()
-        s3.objects.all().delete()
-        say(f"emptied s3://{bucket}")
+    """Empty the upload bucket (it must be empty to go), delete the stack, then the broker
+    secret. The artifacts bucket is kept for the next deploy."""
     cfn = boto3.client("cloudformation", region_name=region)
+    if not _exists(cfn, stack):
+        say(f"no stack {stack} in {region}: nothing to delete")
+        return
+    bucket = outputs(stack, region).get("UploadBucketName")
+    if bucket:
+        try:
+            contents = boto3.resource("s3", region_name=region).Bucket(bucket)
+            contents.object_versions.delete()
+            contents.objects.all().delete()
+        except (ClientError, BotoCoreError) as exc:
+            raise DeployError(f"cannot empty s3://{bucket}: {exc}") from None
+        say(f"emptied s3://{bucket}")
+    started = time.time()
     _aws(cfn.delete_stack, StackName=stack)
-    status = _follow(cfn, stack, say) if _exists(cfn, stack) else "DELETE_COMPLETE"
+    status = _follow(cfn, stack, say, since=started)
     say(f"stack {stack}: {status}")
+    if status != "DELETE_COMPLETE":
+        raise DeployError(f"stack {stack} ended in {status}; see the events above")
+    ssm = boto3.client("ssm", region_name=region)
+    try:
+        ssm.delete_parameter(Name=PARAMETER)
+        say(f"deleted SSM {PARAMETER}")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ParameterNotFound":
+            raise DeployError(f"cannot delete SSM {PARAMETER}: {exc}") from None
+
+
+def _status(cfn: Any, stack: str) -> str | None:
+    """The stack's status, or None when there is no such stack."""
+    try:
+        described = cfn.describe_stacks(StackName=stack)["Stacks"]
+    except ClientError as exc:
+        if "does not exist" in str(exc):
+            return None
+        raise DeployError(f"describe_stacks {stack}: {exc}") from None
+    return str(described[0]["StackStatus"]) if described else None
 
 
 def _exists(cfn: Any, stack: str) -> bool:
-    try:
-        cfn.describe_stacks(StackName=stack)
-    except ClientError:
-        return False
-    return True
+    return _status(cfn, stack) is not None
+
+
+def submit(file: Path, stack: str, region: str, say: Callable[[str], None] = print) -> str:
+    """Upload an order CSV to the deployed stack's bucket; returns its ``s3://`` URI."""
+    bucket = outputs(stack, region).get("UploadBucketName")
+    if not bucket:
+        raise DeployError(f"stack {stack} has no UploadBucketName output: is it deployed?")
+    s3 = boto3.client("s3", region_name=region)
+    _aws(s3.upload_file, Filename=str(file), Bucket=bucket, Key=file.name)
+    uri = f"s3://{bucket}/{file.name}"
+    say(
+        f"uploaded {uri}; follow it with: aws logs tail /aws/lambda/lambda_order_publisher --follow"
+    )
+    return uri
