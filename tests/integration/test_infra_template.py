@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,7 @@ def transformed(parameters: dict[str, str]) -> dict[str, Any]:
     result: dict[str, Any] = transform(template, parameters, NoManagedPolicies())
     return result
 
+
 COMBINATIONS = [
     combo
     for combo in itertools.product(["rabbitmq", "sqs"], ["manager", "serverless"], ["", LAB_ROLE])
@@ -92,9 +94,7 @@ def test_template_is_cfn_lint_clean() -> None:
 
 
 @pytest.mark.parametrize(("transport", "mode", "role"), COMBINATIONS)
-def test_sam_transform_succeeds_for_every_combination(
-    transport: str, mode: str, role: str
-) -> None:
+def test_sam_transform_succeeds_for_every_combination(transport: str, mode: str, role: str) -> None:
     resources = transformed(_params(transport, mode, role))["Resources"]
     functions = {
         r["Properties"]["FunctionName"]: r["Properties"]
@@ -147,14 +147,12 @@ def test_the_template_wires_notification_queues_and_security_as_intended() -> No
     assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
     ingress = resources["BrokerSecurityGroup"]["Properties"]["SecurityGroupIngress"]
-    amqp = ingress[0]["Fn::If"][1]
-    assert ingress[0]["Fn::If"][0] == "UseRabbit"
-    assert amqp["FromPort"] == amqp["ToPort"] == 5672
-    assert amqp["SourceSecurityGroupId"] == {"Ref": "FunctionSecurityGroup"}
-    assert "CidrIp" not in amqp
-    ssh = ingress[1]
-    assert (ssh["FromPort"], ssh["CidrIp"]) == (22, {"Ref": "SshCidr"})
-
+    assert [(rule["FromPort"], rule["CidrIp"]) for rule in ingress] == [(22, {"Ref": "SshCidr"})]
+    amqp = resources["BrokerFromFunctions"]
+    assert amqp["Condition"] == "UseRabbit"
+    assert amqp["Properties"]["FromPort"] == amqp["Properties"]["ToPort"] == 5672
+    assert amqp["Properties"]["SourceSecurityGroupId"] == {"Ref": "FunctionSecurityGroup"}
+    assert "CidrIp" not in amqp["Properties"]
     gateway_services = sorted(
         r["Properties"]["ServiceName"]["Fn::Sub"]
         for r in resources.values()
@@ -174,3 +172,150 @@ def test_deploy_passes_only_parameters_the_template_declares() -> None:
     passed = template_parameters(DeployOptions(), artifact_bucket="b", secret_parameter="/p")
     assert set(passed) <= declared
     assert {"Transport", "Mode", "RoleArn", "InstanceProfileName", "SshCidr"} <= set(passed)
+
+
+# --- the transformed template on moto's CloudFormation --------------------------------------
+# moto creates every resource type here except AWS::Lambda::EventInvokeConfig (skipped with
+# a warning), and it does not apply a bucket's NotificationConfiguration: both are checked on
+# the transformed template instead; so are the functions' Layers (moto's Lambda drops them
+# when CloudFormation creates a function). The Debian AMI parameter (an SSM public parameter)
+# is replaced by a fixed AMI id, as moto has no /aws/service/debian/... parameters.
+
+DEPLOYED = [("rabbitmq", "manager", ""), ("sqs", "serverless", ""), ("sqs", "manager", LAB_ROLE)]
+
+
+def _deploy_on_moto(transport: str, mode: str, role: str) -> dict[str, str]:
+    import boto3
+
+    params = _params(transport, mode, role)
+    template = transformed(params)
+    template["Parameters"]["DebianAmi"] = {"Type": "String", "Default": "ami-12c6146b"}
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=params["ArtifactBucket"])
+    s3.put_object(
+        Bucket=params["ArtifactBucket"], Key="courierflow/layer_contents.zip", Body=b"PK\x05\x06"
+    )
+    if role:  # Learner Lab: the role and the instance profile exist before the stack
+        iam = boto3.client("iam", region_name="us-east-1")
+        principal = {"Service": ["lambda.amazonaws.com", "ec2.amazonaws.com"]}
+        statement = {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": principal}
+        trust = {"Version": "2012-10-17", "Statement": [statement]}
+        iam.create_role(RoleName="LabRole", AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_instance_profile(InstanceProfileName="LabInstanceProfile")
+        iam.add_role_to_instance_profile(
+            InstanceProfileName="LabInstanceProfile", RoleName="LabRole"
+        )
+        params["InstanceProfileName"] = "LabInstanceProfile"
+    cfn = boto3.client("cloudformation", region_name="us-east-1")
+    cfn.create_stack(
+        StackName="courierflow",
+        TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+    )
+    (stack,) = cfn.describe_stacks(StackName="courierflow")["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse AWS.Lambda.EventInvokeConfig")
+@pytest.mark.parametrize(("transport", "mode", "role"), DEPLOYED)
+def test_transformed_template_deploys_on_moto_with_resources_wired(
+    transport: str, mode: str, role: str
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        out = _deploy_on_moto(transport, mode, role)
+        awslambda = boto3.client("lambda", region_name="us-east-1")
+        table = out["LedgerTable"]
+        functions = {
+            name: awslambda.get_function_configuration(FunctionName=name)
+            for name in ("lambda_order_publisher", "lambda_delivery", "courierflow_reconciler")
+        }
+        assert functions["lambda_order_publisher"]["Timeout"] == 60
+        assert functions["lambda_delivery"]["Timeout"] == 15
+        for name, config in functions.items():
+            env = config["Environment"]["Variables"]
+            assert env["COURIERFLOW_LEDGER_URL"] == f"dynamodb://{table}", name
+            assert env["COURIERFLOW_DELIVERY_FUNCTION"] == "lambda_delivery"
+            assert config["Handler"].startswith("courierflow.functions.")
+            if role:
+                assert config["Role"] == LAB_ROLE
+        publisher_env = functions["lambda_order_publisher"]["Environment"]["Variables"]
+        if transport == "rabbitmq":
+            assert publisher_env["COURIERFLOW_AMQP_SECRET"] == "/courierflow/amqp-url"
+            assert "OrdersQueueUrl" not in out
+        else:
+            assert publisher_env["COURIERFLOW_QUEUE_URL"] == out["OrdersQueueUrl"]
+
+        policy = json.loads(awslambda.get_policy(FunctionName="lambda_order_publisher")["Policy"])
+        (s3_grant,) = [
+            s for s in policy["Statement"] if s["Principal"] == {"Service": "s3.amazonaws.com"}
+        ]
+        assert s3_grant["Action"] == "lambda:InvokeFunction"
+        assert s3_grant["Condition"] == {"StringEquals": {"AWS:SourceAccount": "123456789012"}}
+
+        described = boto3.client("dynamodb", region_name="us-east-1").describe_table(
+            TableName=table
+        )
+        assert described["Table"]["KeySchema"] == TABLE_KEY_SCHEMA
+
+        events = boto3.client("events", region_name="us-east-1")
+        (rule,) = events.list_rules()["Rules"]
+        assert rule["ScheduleExpression"] == "rate(1 minute)"
+        (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+        assert target["Arn"] == functions["courierflow_reconciler"]["FunctionArn"]
+
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        if transport == "sqs":
+            attrs = sqs.get_queue_attributes(QueueUrl=out["OrdersQueueUrl"], AttributeNames=["All"])
+            redrive = json.loads(attrs["Attributes"]["RedrivePolicy"])
+            dlq = sqs.get_queue_attributes(
+                QueueUrl=out["OrdersDeadLetterQueueUrl"], AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+            assert (redrive["deadLetterTargetArn"], int(redrive["maxReceiveCount"])) == (dlq, 5)
+            assert attrs["Attributes"]["VisibilityTimeout"] == "60"
+        # (the SQS event source mapping is not checked here: moto's CloudFormation neither
+        # creates it in Lambda nor names it in the stack's resources; see the wiring test)
+
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        reservations = ec2.describe_instances()["Reservations"]
+        assert bool(reservations) == (mode == "manager")
+        if mode == "manager":
+            (instance,) = reservations[0]["Instances"]
+            assert instance["PrivateIpAddress"] == "10.42.0.10"
+            assert out["ManagerInstanceId"] == instance["InstanceId"]
+        if transport == "rabbitmq":
+            groups = {g["GroupId"]: g for g in ec2.describe_security_groups()["SecurityGroups"]}
+            broker = next(g for g in groups.values() if "RabbitMQ" in g["Description"])
+            amqp = [p for p in broker["IpPermissions"] if p.get("FromPort") == 5672]
+            assert [ip for p in amqp for ip in p.get("IpRanges", [])] == []
+            sources = [pair["GroupId"] for p in amqp for pair in p["UserIdGroupPairs"]]
+            assert len(sources) == 1
+            assert "no inbound" in groups[sources[0]]["Description"]  # the functions' group
+            gateway = {
+                e["ServiceName"].rsplit(".", 1)[-1]
+                for e in ec2.describe_vpc_endpoints()["VpcEndpoints"]
+                if e["VpcEndpointType"] == "Gateway"
+            }
+            assert gateway == {"s3", "dynamodb"}
+            vpc = functions["lambda_order_publisher"].get("VpcConfig", {})
+            assert len(vpc.get("SubnetIds", [])) == 2
+
+
+def test_the_bucket_notification_and_on_failure_destination_are_in_the_transformed_template() -> (
+    None
+):
+    """The two pieces moto does not apply, checked where CloudFormation would read them."""
+    resources = transformed(_params("sqs", "manager", ""))["Resources"]
+    notification = resources["UploadBucket"]["Properties"]["NotificationConfiguration"]
+    (target,) = notification["LambdaConfigurations"]
+    assert target["Event"] == "s3:ObjectCreated:*"
+    assert target["Function"] == {"Fn::GetAtt": ["PublisherFunction", "Arn"]}
+    assert "PublisherFunctionUploadPermission" in resources["UploadBucket"]["DependsOn"]
+    (config,) = _of_type(resources, "AWS::Lambda::EventInvokeConfig").values()
+    on_failure = config["Properties"]["DestinationConfig"]["OnFailure"]
+    assert on_failure["Destination"] == {"Fn::GetAtt": ["DeliveryFailures", "Arn"]}
+    assert config["Properties"]["MaximumRetryAttempts"] == 2
