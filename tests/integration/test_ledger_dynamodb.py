@@ -1,0 +1,118 @@
+"""The DynamoDB ledger's conditional writes on moto (in process): every "someone got there
+first" path, and errors converted at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from courierflow.errors import LedgerError
+from courierflow.ledger.base import ClaimResult, FileState
+from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
+from courierflow.orders import OrderState
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+SOURCE = "s3://uploads/orders.csv"
+
+
+@pytest.fixture
+def ledger() -> Iterator[DynamoDBLedger]:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="ledger", KeySchema=TABLE_KEY_SCHEMA,
+            AttributeDefinitions=TABLE_ATTRIBUTES, BillingMode="PAY_PER_REQUEST",
+        )  # fmt: skip
+        yield DynamoDBLedger("ledger", client=client)
+
+
+def test_second_claim_while_the_first_holds_it_gets_in_progress(ledger: DynamoDBLedger) -> None:
+    ledger.add_queued(["o-1"], SOURCE, now=100.0)
+    assert ledger.claim_delivery("o-1", "req-a", lease_s=30, now=101.0) is ClaimResult.CLAIMED
+    assert ledger.claim_delivery("o-1", "req-b", lease_s=30, now=102.0) is ClaimResult.IN_PROGRESS
+    record = ledger.get_order("o-1")
+    assert record is not None
+    assert (record.state, record.request_id, record.duplicates) == (
+        OrderState.DELIVERING, "req-a", 1,
+    )  # fmt: skip
+
+
+def test_claim_after_delivery_gets_already_delivered(ledger: DynamoDBLedger) -> None:
+    ledger.claim_delivery("o-2", "req-a", lease_s=30, now=100.0)
+    assert ledger.complete_delivery("o-2", "req-a", delay_s=3, started=100.0, finished=103.0)
+    assert ledger.claim_delivery("o-2", "req-b", 30, now=104.0) is ClaimResult.ALREADY_DELIVERED
+    assert ledger.add_queued(["o-2"], SOURCE, now=105.0) == []  # a re-upload never re-delivers
+    record = ledger.get_order("o-2")
+    assert record is not None and record.state is OrderState.DELIVERED
+
+
+def test_expired_claim_is_reclaimed_and_the_stale_attempt_cannot_complete(
+    ledger: DynamoDBLedger,
+) -> None:
+    ledger.claim_delivery("o-3", "req-old", lease_s=10, now=100.0)
+    assert ledger.claim_delivery("o-3", "req-new", lease_s=10, now=111.0) is ClaimResult.CLAIMED
+    assert not ledger.complete_delivery("o-3", "req-old", 1, started=100.0, finished=112.0)
+    assert ledger.complete_delivery("o-3", "req-new", 1, started=111.0, finished=112.0)
+    record = ledger.get_order("o-3")
+    assert record is not None
+    assert (record.state, record.request_id, record.attempts) == (
+        OrderState.DELIVERED,
+        "req-new",
+        2,
+    )
+
+
+def test_released_claim_can_be_taken_again_and_keeps_the_reason(ledger: DynamoDBLedger) -> None:
+    ledger.claim_delivery("o-4", "req-a", 30, now=100.0)
+    ledger.release_claim("o-4", "req-other", "not mine", now=101.0)  # not the holder: no-op
+    assert ledger.claim_delivery("o-4", "req-b", 30, now=102.0) is ClaimResult.IN_PROGRESS
+    ledger.release_claim("o-4", "req-a", "courier crashed", now=103.0)
+    record = ledger.get_order("o-4")
+    assert record is not None
+    assert (record.state, record.reason) == (OrderState.DISPATCHED, "courier crashed")
+    assert ledger.claim_delivery("o-4", "req-c", 30, now=104.0) is ClaimResult.CLAIMED
+
+
+def test_file_is_begun_once_and_can_be_forgotten(ledger: DynamoDBLedger) -> None:
+    assert ledger.begin_file("uploads", "orders.csv", "etag1", now=1.0)
+    assert not ledger.begin_file("uploads", "orders.csv", "etag1", now=2.0)
+    assert ledger.begin_file("uploads", "orders.csv", "etag2", now=3.0)  # a new version
+    ledger.finish_file("uploads", "orders.csv", "etag2", FileState.DONE,
+                       rows=3, published=2, rejected=1, now=4.0)  # fmt: skip
+    latest = ledger.get_file("uploads", "orders.csv")
+    assert latest is not None
+    assert (latest.etag, latest.state, latest.rejected) == ("etag2", FileState.DONE, 1)
+    ledger.forget_file("uploads", "orders.csv", "etag1")
+    assert ledger.begin_file("uploads", "orders.csv", "etag1", now=5.0)
+
+
+def test_dispatch_never_moves_an_order_backwards_and_stuck_finds_old_ones(
+    ledger: DynamoDBLedger,
+) -> None:
+    ledger.add_queued(["a", "b", "c"], SOURCE, now=100.0)
+    ledger.add_queued(["z"], "s3://uploads/other.csv", now=100.0)
+    ledger.claim_delivery("a", "req", 30, now=101.0)
+    ledger.mark_dispatched("a", now=102.0)  # already delivering: stays delivering
+    ledger.mark_dispatched("b", now=102.0)
+    states = {r.order_id: r.state for r in ledger.orders(SOURCE)}
+    assert states == {"a": OrderState.DELIVERING, "b": OrderState.DISPATCHED,
+                      "c": OrderState.QUEUED}  # fmt: skip
+    stuck = ledger.stuck([OrderState.QUEUED, OrderState.DISPATCHED], older_than=150.0)
+    assert sorted(r.order_id for r in stuck[:2]) == ["c", "z"]  # oldest first
+    assert stuck[2].order_id == "b"
+    ledger.touch(["c"], now=200.0)
+    assert "c" not in {r.order_id for r in ledger.stuck([OrderState.QUEUED], older_than=150.0)}
+    ledger.mark_failed("c", "gave up", now=201.0)
+    assert ledger.counts(SOURCE)[OrderState.FAILED] == 1
+
+
+def test_a_missing_table_is_a_ledger_error_not_a_botocore_error() -> None:
+    with mock_aws():
+        ledger = DynamoDBLedger("no-such-table", client=boto3.client("dynamodb", "us-east-1"))
+        with pytest.raises(LedgerError, match="no-such-table"):
+            ledger.add_queued(["o"], SOURCE, now=1.0)
+        with pytest.raises(LedgerError):
+            ledger.orders()
