@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from courierflow.local.lambda_service.config import FunctionConfig
 from courierflow.local.lambda_service.invoker import Function
@@ -24,8 +25,33 @@ API = "/2015-03-31/functions"
 
 
 def aws_error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    body = {"Type": "User", "message": message, **extra}
+    """An error botocore turns into ``client.exceptions.<code>`` (rest-json protocol)."""
+    kind = "Service" if status >= 500 else "User"
+    body = {"Type": kind, "message": message, **extra}
     return web.json_response(body, status=status, headers={"x-amzn-ErrorType": code})
+
+
+@web.middleware
+async def aws_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer what no route handles, and anything unexpected, as AWS-shaped errors:
+    the service keeps serving whatever one request did."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return aws_error(413, "RequestTooLargeException", exc.text or "Request too large")
+    except web.HTTPNotFound:
+        return aws_error(404, "UnknownOperationException", f"No Lambda operation at {request.path}")
+    except web.HTTPMethodNotAllowed:
+        return aws_error(
+            405,
+            "UnknownOperationException",
+            f"{request.method} is not supported on {request.path}",
+        )
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("request %s %s failed", request.method, request.path)
+        return aws_error(500, "ServiceException", "The local Lambda service failed; see its log")
 
 
 def function_name(raw: str) -> tuple[str, str | None]:
@@ -106,8 +132,8 @@ class LambdaApi:
             return _too_large(len(payload), limit)
         if payload.strip():
             try:
-                json.loads(payload)
-            except ValueError as exc:
+                json.loads(payload.decode("utf-8"))
+            except ValueError as exc:  # UnicodeDecodeError included
                 return aws_error(
                     400,
                     "InvalidRequestContentException",

@@ -146,6 +146,8 @@ class EnvironmentPool:
     async def close(self) -> None:
         if self._reaper:
             self._reaper.cancel()
+        for waiting in self._spawning:
+            waiting.cancel()
         for env in [*self.idle, *self.busy]:
             env.kill()
         self.idle.clear()
@@ -208,23 +210,54 @@ class EnvironmentPool:
         return False
 
     async def _spawn(self) -> Environment:
+        """Ask the zygote for a new environment and wait for it to connect.
+
+        Raises:
+            EnvironmentDied: the zygote ended (the module exits while imported) or the
+                environment did not connect within ``SPAWN_TIMEOUT_S``.
+        """
         if self._zygote is None or self._zygote.returncode is not None:
-            log.warning("zygote of %s is gone; starting it again", self.config.name)
+            if self._zygote is not None:
+                log.warning("zygote of %s is gone; starting it again", self.config.name)
             await self._start_zygote()
-        assert self._zygote is not None and self._zygote.stdin is not None
+        zygote = self._zygote
+        assert zygote is not None and zygote.stdin is not None
         future: asyncio.Future[Environment] = asyncio.get_running_loop().create_future()
         self._spawning.append(future)
-        self._zygote.stdin.write(b"fork\n")
-        await self._zygote.stdin.drain()
+        connected = False
         try:
-            return await asyncio.wait_for(asyncio.shield(future), SPAWN_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ValueError):
-                self._spawning.remove(future)
-            raise
+            zygote.stdin.write(b"fork\n")
+            await zygote.stdin.drain()
+            ended: asyncio.Future[Any] = asyncio.ensure_future(zygote.wait())
+            try:
+                waiting: set[asyncio.Future[Any]] = {future, ended}
+                await asyncio.wait(
+                    waiting, timeout=SPAWN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                ended.cancel()
+            connected = future.done() and not future.cancelled()
+        except (ConnectionError, RuntimeError) as exc:  # stdin pipe of a dead zygote
+            log.warning("could not reach the zygote of %s: %s", self.config.name, exc)
+        if connected:
+            return future.result()
+        with contextlib.suppress(ValueError):
+            self._spawning.remove(future)
+        future.cancel()
+        code = zygote.returncode
+        reason = (
+            f"exit status {code} while importing the handler module"
+            if code is not None
+            else f"no environment within {SPAWN_TIMEOUT_S:.0f} s"
+        )
+        raise EnvironmentDied(reason)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello = await read_frame(reader)
+        try:
+            hello = await read_frame(reader)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            writer.close()  # an environment that died before saying hello
+            return
         env = Environment(int(hello["pid"]), reader, writer)
         while self._spawning:
             future = self._spawning.popleft()

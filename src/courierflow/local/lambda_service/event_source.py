@@ -15,12 +15,12 @@ import time
 import uuid
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from courierflow.local.lambda_service.config import REGION
+from courierflow.local.lambda_service.environments import EnvironmentDied
 from courierflow.local.lambda_service.invoker import Function
+from courierflow.local.lambda_service.sqs import client_for_queue
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,7 @@ class SqsPoller:
     def __init__(self, function: Function, queue_url: str) -> None:
         self.function = function
         self.queue_url = queue_url
-        self.sqs: Any = boto3.client(
-            "sqs", config=Config(retries={"mode": "standard"}, max_pool_connections=MAX_RECEIVERS)
-        )
+        self.sqs: Any = client_for_queue(queue_url, MAX_RECEIVERS)
         self.batches = 0
 
     async def run(self) -> None:
@@ -121,7 +119,16 @@ class SqsPoller:
 
     async def _invoke(self, arn: str, messages: list[dict[str, Any]]) -> None:
         fn = self.function
-        env = await fn.pool.acquire(wait=True)
+        try:
+            env = await fn.pool.acquire(wait=True)
+        except EnvironmentDied as exc:
+            log.warning(
+                "no environment for a batch of %d (%s); left to the visibility timeout",
+                len(messages),
+                exc,
+            )
+            await asyncio.sleep(1)
+            return
         assert env is not None
         payload = json.dumps(sqs_event(arn, messages)).encode()
         outcome = await fn.run(env, payload, str(uuid.uuid4()))

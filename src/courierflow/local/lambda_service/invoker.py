@@ -8,11 +8,10 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import boto3
 
 from courierflow.local.lambda_service.config import FunctionConfig
 from courierflow.local.lambda_service.environments import (
@@ -21,11 +20,16 @@ from courierflow.local.lambda_service.environments import (
     EnvironmentPool,
 )
 from courierflow.local.lambda_service.logformat import log_block
+from courierflow.local.lambda_service.sqs import client_for_queue
 
 log = logging.getLogger(__name__)
 
 #: what `X-Amz-Log-Type: Tail` returns: the end of the invocation's log
 TAIL_BYTES = 4096
+#: the largest response a synchronous invocation may return (AWS: 6 MB)
+RESPONSE_LIMIT = 6 * 1024 * 1024
+#: seconds before an event whose environment could not be made is tried again
+SPAWN_RETRY_DELAY_S = 1.0
 
 
 @dataclass
@@ -98,11 +102,25 @@ class Function:
 
     async def invoke_sync(self, payload: bytes) -> Outcome | None:
         """Run now; None when every environment is busy (the API answers 429)."""
-        env = await self.pool.acquire(wait=False)
+        request_id = str(uuid.uuid4())
+        try:
+            env = await self.pool.acquire(wait=False)
+        except EnvironmentDied as exc:
+            self.counters.invocations += 1
+            self.counters.errors += 1
+            return self._init_failure(request_id, str(exc))
         if env is None:
             self.counters.throttles += 1
             return None
-        return await self.run(env, payload, str(uuid.uuid4()))
+        return await self.run(env, payload, request_id)
+
+    def _init_failure(self, request_id: str, reason: str) -> Outcome:
+        """The outcome of an invocation whose environment could not be started."""
+        doc = {
+            "errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: {reason}",
+            "errorType": "Runtime.ExitError",
+        }
+        return self._service_side_error(request_id, doc, time.perf_counter())
 
     async def run(self, env: Environment, payload: bytes, request_id: str) -> Outcome:
         """One invocation on ``env``; the environment goes back to the pool afterwards.
@@ -120,8 +138,12 @@ class Function:
         healthy = False
         try:
             reply = await env.invoke(request, self.config.timeout)
-            healthy = reply["ok"] or "Runtime." not in reply["body"]
-            outcome = Outcome(request_id, bool(reply["ok"]), reply["body"].encode(), reply["log"])
+            healthy = not reply.get("exit", False)
+            body = reply["body"].encode()
+            if reply["ok"] and len(body) > RESPONSE_LIMIT:
+                outcome = self._service_side_error(request_id, _too_large(len(body)), started)
+            else:
+                outcome = Outcome(request_id, bool(reply["ok"]), body, reply["log"])
         except asyncio.TimeoutError:
             message = f"Task timed out after {self.config.timeout:.2f} seconds"
             doc = {
@@ -158,20 +180,42 @@ class Function:
         return event.request_id
 
     async def _dispatch_events(self) -> None:
+        """Hand queued events to environments as they free up (events wait, never 429)."""
         while True:
             event = await self.events.get()
             if time.time() - event.created > self.config.max_event_age:
                 await self._give_up(event, None, "EventAgeExceeded")
                 continue
-            env = await self.pool.acquire(wait=True)
+            try:
+                env = await self.pool.acquire(wait=True)
+            except EnvironmentDied as exc:
+                event.attempts += 1
+                self.counters.invocations += 1
+                self.counters.errors += 1
+                failure = self._init_failure(event.request_id, str(exc))
+                self._spawn_task(self._settle(event, failure))
+                continue
+            except Exception:
+                log.exception("no environment for event %s; trying again", event.request_id)
+                asyncio.get_running_loop().call_later(
+                    SPAWN_RETRY_DELAY_S, self.events.put_nowait, event
+                )
+                continue
             assert env is not None
-            task = asyncio.create_task(self._run_event(env, event))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn_task(self._run_event(env, event))
+
+    def _spawn_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_event(self, env: Environment, event: Event) -> None:
         event.attempts += 1
         outcome = await self.run(env, event.payload, event.request_id)
+        await self._settle(event, outcome)
+
+    async def _settle(self, event: Event, outcome: Outcome) -> None:
+        """After an attempt: done, retried after the configured delay, or given up."""
         if outcome.ok:
             return
         retries_done = event.attempts - 1
@@ -180,7 +224,11 @@ class Function:
             delay = delays[min(retries_done, len(delays) - 1)]
             self.counters.async_retries += 1
             log.info(
-                "retrying %s in %.1f s (attempt %d)", event.request_id, delay, event.attempts + 1
+                "event %s failed [%d/%d]; retrying in %.1f s",
+                event.request_id,
+                event.attempts,
+                self.config.max_retries + 1,
+                delay,
             )
             asyncio.get_running_loop().call_later(delay, self.events.put_nowait, event)
             return
@@ -230,12 +278,27 @@ def destination_record(
     return record
 
 
+_destination_clients: dict[str, Any] = {}
+
+
 def _send(destination: str, record: dict[str, Any]) -> None:
+    """Deliver one on-failure record: an SQS queue URL, or a JSON-lines file."""
     if destination.startswith(("http://", "https://")):
-        boto3.client("sqs").send_message(QueueUrl=destination, MessageBody=json.dumps(record))
+        client = _destination_clients.get(destination)
+        if client is None:
+            client = _destination_clients[destination] = client_for_queue(destination)
+        client.send_message(QueueUrl=destination, MessageBody=json.dumps(record))
     else:
         with open(destination, "a", encoding="utf-8") as out:
             out.write(json.dumps(record) + "\n")
+
+
+def _too_large(size: int) -> dict[str, str]:
+    return {
+        "errorMessage": f"Response payload size ({size} bytes) exceeded maximum allowed "
+        f"payload size ({RESPONSE_LIMIT} bytes).",
+        "errorType": "Function.ResponseSizeTooLarge",
+    }
 
 
 def _now() -> str:

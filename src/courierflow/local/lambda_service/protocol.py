@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the environment side must not import asyncio: it stays small
+    import asyncio
 
 _HEADER = struct.Struct("!I")
 

@@ -15,9 +15,11 @@ handler's output costs disk, not memory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import importlib
 import json
+import logging
 import os
 import resource
 import signal
@@ -34,6 +36,13 @@ from courierflow.local.lambda_service.protocol import encode, recv_frame
 
 #: handler output kept per invocation for the log (the rest is cut, with a note)
 MAX_LOG_BYTES = 256 * 1024
+#: extra address space for data beyond the function's memory size before MemoryError
+#: (headroom for the interpreter's own arenas; the REPORT check is the real limit)
+MEMORY_SLACK_MB = 64
+#: Linux prctl option: a signal sent to us when our parent dies
+_PR_SET_PDEATHSIG = 1
+#: the root logger's format inside Lambda's Python runtime
+LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s"
 
 Handler = Callable[[Any, Any], Any]
 
@@ -73,6 +82,14 @@ def load_handler(spec: str) -> tuple[Handler | None, dict[str, Any] | None]:
     module_name, _, attribute = spec.partition(":") if ":" in spec else spec.rpartition(".")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:
+        return None, {
+            "errorMessage": f"Runtime exited with error: exit status {exc.code} "
+            f"(while importing '{module_name}')",
+            "errorType": "Runtime.ExitError",
+            "requestId": "",
+            "stackTrace": [],
+        }
     except Exception as exc:
         return None, {
             "errorMessage": f"Unable to import module '{module_name}': {exc}",
@@ -126,10 +143,14 @@ def serve_invocations(
 
     The environment appends each invocation's log block to the function's log itself
     (one O_APPEND write), so the log survives even if the service dies."""
+    die_with_parent()
+    limit_data_memory(int(config["memory"]))
     os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = (
         time.strftime("%Y/%m/%d") + f"/[$LATEST]{os.getpid():08x}{os.urandom(8).hex()}"
     )
     output = _Output()
+    if handler is None:  # a new environment tries the import again, as Lambda does
+        handler, init_error = load_handler(config["handler"])
     log_fd = os.open(config["log_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(sock_path)
@@ -139,12 +160,17 @@ def serve_invocations(
         request = recv_frame(sock)
         if request is None:
             os._exit(0)
+        _RequestIdFilter.request_id = request["request_id"]
         reply, exit_code = invoke_once(config, handler, init_error, request)
         text = output.take() + reply.pop("log_extra", "")
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        if exit_code is None and memory > int(config["memory"]):
+        if reply.pop("out_of_memory", False) or (
+            exit_code is None and memory > int(config["memory"])
+        ):
             reply.update(ok=False, body=json.dumps(_out_of_memory(request["request_id"])))
             exit_code = 137
+        if handler is None:  # init failed: this environment is done, the next one retries
+            exit_code = 1
         block = log_block(
             request["request_id"],
             text,
@@ -156,9 +182,59 @@ def serve_invocations(
         init_ms = None
         os.write(log_fd, block.encode("utf-8", "replace"))
         reply["log"] = block
+        reply["exit"] = exit_code is not None
         sock.sendall(encode(reply))
         if exit_code is not None:
             os._exit(exit_code)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies: no orphans, ever."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def limit_data_memory(memory_mb: int) -> None:
+    """Cap this environment's private data so a runaway handler gets MemoryError
+    (reported as Runtime.OutOfMemory) instead of eating the machine's RAM."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            data_kb = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    limit = (data_kb * 1024) + (memory_mb + MEMORY_SLACK_MB) * 1024 * 1024
+    with contextlib.suppress(ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def lift_data_limit() -> None:
+    """After a MemoryError: room again to write the report before the environment ends."""
+    with contextlib.suppress(ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+
+
+class _RequestIdFilter(logging.Filter):
+    """Puts the current invocation's request id on every log record (Lambda's format)."""
+
+    request_id = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = self.request_id
+        return True
+
+
+def install_lambda_logging() -> None:
+    """Give the root logger the handler Lambda's runtime installs before the import,
+    so `logging.getLogger().info(...)` lines land in the invocation's log."""
+    handler = logging.StreamHandler(sys.stdout)
+    formatter = logging.Formatter(LOG_FORMAT, "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    handler.addFilter(_RequestIdFilter())
+    logging.getLogger().addHandler(handler)
 
 
 def _out_of_memory(request_id: str) -> dict[str, Any]:
@@ -200,6 +276,10 @@ def invoke_once(
             "errorType": "Runtime.ExitError",
         }
         body, ok = json.dumps(doc), False
+    except MemoryError:
+        lift_data_limit()
+        duration_ms = (time.perf_counter() - started) * 1000
+        return {"ok": False, "body": "{}", "duration_ms": duration_ms, "out_of_memory": True}, 137
     except Exception as exc:
         doc = dict(error_document(exc), requestId=request_id)
         body, ok = json.dumps(doc), False
@@ -218,6 +298,8 @@ def _error_log(doc: dict[str, Any]) -> str:
 def main() -> None:
     """The zygote: import once, then fork an environment per line read on stdin."""
     sock_path, config = sys.argv[1], json.loads(sys.argv[2])
+    die_with_parent()
+    install_lambda_logging()
     for path in reversed(config.get("code_dirs") or []):
         sys.path.insert(0, path)
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from courierflow.local.lambda_service.api import SYNC_PAYLOAD_LIMIT, LambdaApi
+from courierflow.local.lambda_service.api import SYNC_PAYLOAD_LIMIT, LambdaApi, aws_errors
 from courierflow.local.lambda_service.config import FunctionConfig
 from courierflow.local.lambda_service.environments import EnvironmentPool
 from courierflow.local.lambda_service.event_source import SqsPoller
@@ -49,7 +49,9 @@ async def serve(
             if fn.config.sqs_queue_url:
                 poller = SqsPoller(fn, fn.config.sqs_queue_url)
                 pollers.append(asyncio.create_task(poller.run()))
-        app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024)
+        app = web.Application(
+            client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024, middlewares=[aws_errors]
+        )
         app.add_routes(LambdaApi(running, latency_ms / 1000).routes())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
