@@ -89,3 +89,28 @@ def sqs_batch(event, context):
         if body.get("bad"):
             failures.append({"itemIdentifier": record["messageId"]})
     return {"batchItemFailures": failures}
+
+
+LEAKED = []
+
+
+def leaky(event, context):
+    """Keeps allocating until memory runs out (a runaway handler)."""
+    while True:
+        LEAKED.append(bytearray(16 * 1024 * 1024))
+
+
+def logs_with_logging(event, context):
+    import logging
+
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("orders").info("order %s accepted", event.get("order_id"))
+    return {"ok": True}
+
+
+def big_response(event, context):
+    return "x" * (7 * 1024 * 1024)
+
+
+def environment(event, context):
+    return dict(os.environ)

@@ -71,7 +71,13 @@ def serve(
     if not functions:
         raise typer.BadParameter("give at least one --function NAME=MODULE:HANDLER (or --config)")
     dirs = [str(d.absolute()) for d in code_dir]
-    asyncio.run(run_service(functions, host, port, _state_dir(state_dir), dirs, inject_latency_ms))
+    service = run_service(functions, host, port, _state_dir(state_dir), dirs, inject_latency_ms)
+    try:
+        import uvloop  # optional: roughly halves the HTTP path's CPU cost
+    except ImportError:
+        asyncio.run(service)
+    else:
+        uvloop.run(service)
 
 
 @app.command()

@@ -268,7 +268,7 @@ class EnvironmentPool:
 
     async def _reap_idle(self) -> None:
         while True:
-            await asyncio.sleep(REAP_EVERY_S)
+            await asyncio.sleep(min(REAP_EVERY_S, max(0.1, self.config.idle_timeout / 2)))
             limit = time.monotonic() - self.config.idle_timeout
             for env in [e for e in self.idle if e.last_used < limit]:
                 self.idle.remove(env)

@@ -39,6 +39,9 @@ MAX_LOG_BYTES = 256 * 1024
 #: extra address space for data beyond the function's memory size before MemoryError
 #: (headroom for the interpreter's own arenas; the REPORT check is the real limit)
 MEMORY_SLACK_MB = 64
+#: environments run at a lower CPU priority than the service, so that on a busy
+#: machine the API keeps answering (Event accepts) while handlers compute
+ENVIRONMENT_NICENESS = 5
 #: Linux prctl option: a signal sent to us when our parent dies
 _PR_SET_PDEATHSIG = 1
 #: the root logger's format inside Lambda's Python runtime
@@ -299,6 +302,8 @@ def main() -> None:
     """The zygote: import once, then fork an environment per line read on stdin."""
     sock_path, config = sys.argv[1], json.loads(sys.argv[2])
     die_with_parent()
+    with contextlib.suppress(OSError):
+        os.nice(ENVIRONMENT_NICENESS)
     install_lambda_logging()
     for path in reversed(config.get("code_dirs") or []):
         sys.path.insert(0, path)
