@@ -144,7 +144,7 @@ class LambdaApi:
         if kind == "Event":
             request_id = fn.enqueue(payload)
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
-        outcome = await fn.invoke_sync(payload)
+        outcome = await fn.invoke_sync(payload, request.headers.get("X-Amz-Log-Type") == "Tail")
         if outcome is None:
             return aws_error(
                 429,

@@ -100,7 +100,7 @@ class Function:
 
     # --- synchronous -------------------------------------------------------------------
 
-    async def invoke_sync(self, payload: bytes) -> Outcome | None:
+    async def invoke_sync(self, payload: bytes, tail: bool = False) -> Outcome | None:
         """Run now; None when every environment is busy (the API answers 429)."""
         request_id = str(uuid.uuid4())
         try:
@@ -112,7 +112,7 @@ class Function:
         if env is None:
             self.counters.throttles += 1
             return None
-        return await self.run(env, payload, request_id)
+        return await self.run(env, payload, request_id, tail)
 
     def _init_failure(self, request_id: str, reason: str) -> Outcome:
         """The outcome of an invocation whose environment could not be started."""
@@ -122,7 +122,9 @@ class Function:
         }
         return self._service_side_error(request_id, doc, time.perf_counter())
 
-    async def run(self, env: Environment, payload: bytes, request_id: str) -> Outcome:
+    async def run(
+        self, env: Environment, payload: bytes, request_id: str, tail: bool = False
+    ) -> Outcome:
         """One invocation on ``env``; the environment goes back to the pool afterwards.
 
         A healthy environment writes the invocation's log itself; when it times out or
@@ -133,6 +135,7 @@ class Function:
             "payload": payload.decode("utf-8"),
             "deadline": time.time() + self.config.timeout,
             "arn": self.config.arn,
+            "tail": tail,  # the log block comes back only when the caller wants it
         }
         started = time.perf_counter()
         healthy = False

@@ -184,7 +184,7 @@ def serve_invocations(
         )
         init_ms = None
         os.write(log_fd, block.encode("utf-8", "replace"))
-        reply["log"] = block
+        reply["log"] = block if request.get("tail") else ""
         reply["exit"] = exit_code is not None
         sock.sendall(encode(reply))
         if exit_code is not None:
