@@ -4,12 +4,14 @@ reaping, event age, SQS destinations on moto, and a clean shutdown with no orpha
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,8 +178,6 @@ def test_logging_lines_land_in_the_invocations_log_with_the_request_id(served: S
         FunctionName="logging", Payload=b'{"order_id": "LG-1"}', LogType="Tail"
     )
     rid = response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
-    import base64
-
     tail = base64.b64decode(response["LogResult"]).decode()
     line = next(x for x in tail.splitlines() if "LG-1" in x)
     assert line.startswith("[INFO]\t") and f"\t{rid}\torder LG-1 accepted" in line
@@ -280,3 +280,24 @@ def test_sigterm_stops_every_environment_and_zygote(tmp_path: Path) -> None:
         assert alive == [], f"orphans left: {[p.pid for p in alive]}"
     finally:
         svc.stop()
+
+
+def test_logs_follow_prints_new_invocations_as_they_happen(served: Served) -> None:
+    follower = subprocess.Popen(
+        [str(COURIERFLOW), "lambda", "logs", "idle", "--follow", "--state-dir",
+         str(served.state_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)
+        invoke(served.client(), "idle", {"marker": "followed"})
+        assert follower.stdout is not None
+        deadline = time.monotonic() + 10
+        seen = ""
+        while '"marker": "followed"' not in seen:
+            assert time.monotonic() < deadline, f"not followed: {seen[-500:]!r}"
+            seen += follower.stdout.readline()
+        assert follower.poll() is None  # still following
+    finally:
+        follower.kill()
+        follower.wait()
