@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from typing import Any
 
 import aiohttp
 import psutil
+
+from courierflow.local.processes import free_port
 
 BENCH = Path(__file__).parent
 RESULTS = BENCH / "results"
@@ -52,17 +53,11 @@ class RunningService:
     state_dir: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def lambda_service(work: Path, function: str, *sets: str) -> Iterator[RunningService]:
     """Start a service with one function ``fn`` (a handler in bench/handlers.py); stop
     it by PID (SIGTERM, then SIGKILL) when done."""
-    port = _free_port()
+    port = free_port()
     state = work / f"state-{port}"
     argv = [
         sys.executable, "-m", "courierflow.local.lambda_service", "serve",

@@ -61,6 +61,13 @@ ModeOpt = Annotated[
         "--mode", help="manager (a consumer invokes each delivery) or serverless (sqs only)."
     ),
 ]
+ReportHtml = Annotated[
+    Path | None,
+    typer.Option(help="Where to write report.html [default: COURIERFLOW_HOME/report.html]."),
+]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Also draw the delivery timeline to this PNG.")
+]
 
 
 def _settings() -> Settings:
@@ -89,8 +96,12 @@ def up(
     managers: Annotated[int, typer.Option(help="Manager processes consuming the queue.")] = 1,
     transport: TransportOpt = "rabbitmq",
     mode: ModeOpt = "manager",
+    dashboard_port: Annotated[
+        int, typer.Option(help="Live dashboard port on 127.0.0.1 (0: no dashboard).", min=0)
+    ] = 8765,
 ) -> None:
-    """Start the local stack: RabbitMQ, moto (S3, SQS), the Lambda service, the manager."""
+    """Start the local stack: RabbitMQ, moto (S3, SQS), the Lambda service, the manager,
+    the reconciler and the live dashboard. Then `courierflow submit FILE`."""
     options = stack.StackOptions(
         fleet=fleet,
         time_scale=time_scale,
@@ -98,6 +109,7 @@ def up(
         managers=managers,
         transport=transport,
         mode=mode,
+        dashboard_port=dashboard_port,
     )
     with console.status("starting the local stack (RabbitMQ takes ~20 s on first start)"):
         info = stack.up(_settings(), options)
@@ -112,6 +124,8 @@ def _print_stack(info: stack.StackInfo) -> None:
     table.add_row("bucket", info.bucket)
     table.add_row("ledger", info.ledger_url)
     table.add_row("logs", f"{info.home}/logs, `courierflow lambda logs lambda_delivery`")
+    if info.dashboard_url:
+        table.add_row("dashboard", info.dashboard_url)
     console.print(table)
     console.print("Point boto3 or the AWS CLI at it with:")
     for key, value in info.client_env().items():
@@ -141,11 +155,14 @@ def run(
     keep_up: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
     transport: TransportOpt = "rabbitmq",
     mode: ModeOpt = "manager",
+    report_html: ReportHtml = None,
+    plot: PlotOpt = None,
 ) -> None:
     """Run FILE through the whole system on this machine and report every order.
 
     Brings the local stack up (or uses the one running), uploads FILE to the bucket,
-    shows progress until every order is delivered or failed, and prints a summary.
+    shows progress until every order is delivered or failed, prints a summary and
+    writes report.html (timeline, latencies, failures, rejected rows).
     Exits non-zero if any order was lost or failed.
     """
     settings = _settings()
@@ -161,23 +178,43 @@ def run(
             info = stack.up(settings, options)
     assert info is not None
     try:
-        summary = _upload_and_follow(info, file, stall_timeout)
+        started = time.time()
+        summary = _upload_and_follow(info, file, stall_timeout, started)
+        report = None
+        if summary.file:  # the publisher recorded the file
+            out = report_html or settings.home / "report.html"
+            report = _write_report(out, summary.file, started, plot)
     finally:
         if started_here and not keep_up:
             stack.down(settings.home)
     _print_summary(summary)
+    if report is not None:
+        console.print(f"report: {report.absolute().as_uri()}", soft_wrap=True)
+        if plot:
+            console.print(f"timeline: {plot}", soft_wrap=True)
     if report_json:
         report_json.parent.mkdir(parents=True, exist_ok=True)
         report_json.write_text(json.dumps(summary.to_json(), indent=2))
-        console.print(f"summary written to {report_json}")
+        console.print(f"summary written to {report_json}", soft_wrap=True)
     if summary.lost or summary.failed or summary.refused:
         raise typer.Exit(1)
 
 
-def _upload_and_follow(info: stack.StackInfo, file: Path, stall_timeout: float) -> RunSummary:
+def _write_report(out: Path, source: str, started: float | None, plot: Path | None) -> Path:
+    from courierflow.report.run import write_run_report
+
+    ledger = open_ledger(_settings().ledger_url)
+    try:
+        return write_run_report(ledger, out, source or None, started, plot)
+    finally:
+        ledger.close()
+
+
+def _upload_and_follow(
+    info: stack.StackInfo, file: Path, stall_timeout: float, started: float
+) -> RunSummary:
     settings = _use_stack_env(info)
     ledger = open_ledger(settings.ledger_url)
-    started = time.time()
     key, etag = runner.upload(info, file)
     columns = (
         TextColumn("{task.description:>12}"),
@@ -242,7 +279,7 @@ def submit(
     """Upload FILE to the running local stack (`courierflow up`)."""
     info = _running_stack(_settings())
     if wait:
-        summary = _upload_and_follow(info, file, 180.0)
+        summary = _upload_and_follow(info, file, 180.0, time.time())
         _print_summary(summary)
         if summary.lost or summary.failed:
             raise typer.Exit(1)
@@ -311,6 +348,72 @@ def reconcile(
 
     setup_logging()
     run_loop(_settings(), every, stuck_after, failure_queue)
+
+
+@app.command()
+def report(
+    source: Annotated[
+        str | None,
+        typer.Argument(help="The run's file as s3://BUCKET/KEY [default: the latest one]."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")] = Path(
+        "report.html"
+    ),
+    plot: PlotOpt = None,
+    ledger: Annotated[
+        str | None,
+        typer.Option(help="Ledger URL: sqlite:///PATH or dynamodb://TABLE [default: the stack's]."),
+    ] = None,
+) -> None:
+    """Write report.html for a past run from the ledger: figures, the delivery timeline
+    (one bar per delivery, one lane per busy courier), in-flight, throughput and queue
+    depth over time, latency percentiles, failures and rejected rows. Self-contained:
+    it opens offline. Works after `courierflow run` and against AWS (`--ledger dynamodb://...`).
+    """
+    from courierflow.report.run import write_run_report
+
+    settings = _settings()
+    info = stack.load(settings.home)
+    if info is not None and info.alive():
+        settings = _use_stack_env(info)  # rejected rows are read from the stack's bucket
+    book = open_ledger(ledger or settings.ledger_url)
+    try:
+        written = write_run_report(book, out, source, None, plot)
+    finally:
+        book.close()
+    console.print(f"report: {written.absolute().as_uri()}", soft_wrap=True)
+    if plot:
+        console.print(f"timeline: {plot}", soft_wrap=True)
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="COURIERFLOW_DASHBOARD_TOKEN",
+            help="Required from clients (?token=...); mandatory off 127.0.0.1.",
+        ),
+    ] = None,
+    ledger: Annotated[
+        str | None, typer.Option(help="Ledger URL to follow [default: the stack's].")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Follow only this file (s3://BUCKET/KEY).")
+    ] = None,
+) -> None:
+    """Serve the live dashboard: counts by state, deliveries in flight, throughput, queue
+    depth, dead letters and the latest events, pushed to the page as they happen.
+    `courierflow up` starts one on http://127.0.0.1:8765 for you."""
+    from courierflow.report.dashboard import serve_dashboard
+
+    settings = _settings()
+    if stack.load(settings.home) is None and not ledger:
+        ledger = settings.ledger_url
+    console.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
+    serve_dashboard(ledger, settings.home, host, port, token, source)
 
 
 @dlq_app.command("list")

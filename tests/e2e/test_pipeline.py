@@ -114,3 +114,22 @@ def test_courierflow_run_reports_json_and_exits_zero(tmp_path: Path, amqp_url: s
         assert key in figures
     assert figures["delivered"] == 60 and figures["lost"] == 0
     assert stack.load(tmp_path / "home") is None, "run left its stack running"
+
+    # run ends by naming report.html; one bar per delivered order
+    report = tmp_path / "home" / "report.html"
+    assert f"report: {report.as_uri()}" in " ".join(result.stderr.split())
+    assert report.read_text().count('<rect class="delivery delivered"') == 60
+
+    # afterwards, with the stack down, `report` draws the same run from the ledger
+    again = tmp_path / "again.html"
+    png = tmp_path / "timeline.png"
+    result = subprocess.run(
+        [*cli, "report", "-o", str(again), "--plot", str(png)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert again.read_text().count('<rect class="delivery delivered"') == 60
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,9 +31,34 @@ RABBITMQ_START_TIMEOUT = 90.0
 STOP_GRACE_S = 15.0
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one: once released, any outgoing
+    connection may take it as its local port, and a server restarted on it later
+    (a broker restart in a fault test) then fails with "address in use". Ports
+    below the ephemeral range are only ever handed out by explicit binds.
+    """
+    low, _ = ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low)) if low > 2048 else []
+    for port in random.sample(candidates, min(64, len(candidates))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if not port_open(port):
+            return port
+    with socket.socket() as sock:  # an odd kernel range: take what bind(0) gives
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -170,6 +196,7 @@ def rabbitmq_env(data_dir: Path, port: int, epmd_port: int) -> dict[str, str]:
         RABBITMQ_CONFIG_FILE=str(data_dir / "rabbitmq"),
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
         ERL_EPMD_ADDRESS="127.0.0.1",
+        ERL_CRASH_DUMP=str(data_dir / "erl_crash.dump"),
         ERL_EPMD_PORT=str(epmd_port),
     )
     return env
@@ -194,11 +221,19 @@ class RabbitNode:
     def restart(self) -> None:
         """Stop the broker (not epmd) and start it again on the same port and data."""
         self.broker.stop()
-        env = rabbitmq_env(self.data_dir, self.broker.port, self.epmd.port)
-        self.broker = spawn(
-            "rabbitmq", [RABBITMQ_SERVER], self.broker.log_path, env, port=self.broker.port
-        )
-        self.broker.wait_for_port(RABBITMQ_START_TIMEOUT)
+        for attempt in range(3):  # each try picks a fresh inter-node port
+            env = rabbitmq_env(self.data_dir, self.broker.port, self.epmd.port)
+            self.broker = spawn(
+                "rabbitmq", [RABBITMQ_SERVER], self.broker.log_path, env, port=self.broker.port
+            )
+            try:
+                self.broker.wait_for_port(RABBITMQ_START_TIMEOUT)
+                return
+            except StackError:
+                self.broker.stop()
+                if attempt == 2:
+                    raise
+                log.warning("RabbitMQ did not come back; trying again%s", self.broker.tail(3))
 
 
 def start_rabbitmq(data_dir: Path, port: int = 0) -> RabbitNode:

@@ -31,6 +31,7 @@ from courierflow.local.processes import (
     ManagedProcess,
     free_port,
     pid_alive,
+    port_open,
     spawn,
     start_moto_server,
     start_rabbitmq,
@@ -76,6 +77,8 @@ class StackOptions:
     transport: str = "rabbitmq"
     #: "manager" (the EC2 consumer) or "serverless" (SQS invokes the delivery directly)
     mode: str = "manager"
+    #: serve the live dashboard on this port (0: no dashboard; taken: another free port)
+    dashboard_port: int = 0
 
 
 @dataclass
@@ -98,6 +101,8 @@ class StackInfo:
     queue: str = "orders"
     #: where orders are queued: the AMQP URL, or the SQS queue URL
     queue_url: str = ""
+    #: the live dashboard's address, when the stack serves one
+    dashboard_url: str = ""
 
     def client_env(self) -> dict[str, str]:
         """Environment that points boto3 and courierflow at this stack."""
@@ -168,7 +173,27 @@ def up(settings: Settings, options: StackOptions | None = None) -> StackInfo:
             stop_pid(pid)
         raise
     (home / STACK_FILE).write_text(json.dumps(asdict(info), indent=2))
+    if options.dashboard_port:
+        _start_dashboard(info, options.dashboard_port)
     return info
+
+
+def _start_dashboard(info: StackInfo, port: int) -> None:
+    """Serve the dashboard for this stack (it reads stack.json for its probes); a
+    dashboard that cannot start is reported, never a reason to stop the stack."""
+    port = port if not port_open(port) else free_port()
+    info.commands["dashboard"] = [*_courierflow(), "dashboard", "--port", str(port)]
+    proc = _spawn_part(info, "dashboard", port)
+    try:
+        proc.wait_for_port(30)
+    except StackError as exc:
+        stop_pid(proc.pid)
+        del info.commands["dashboard"]
+        log.warning("the dashboard did not start: %s", exc)
+        return
+    info.pids["dashboard"] = proc.pid
+    info.dashboard_url = f"http://127.0.0.1:{port}/"
+    (Path(info.home) / STACK_FILE).write_text(json.dumps(asdict(info), indent=2))
 
 
 def _start(
@@ -239,11 +264,12 @@ def _start(
     return info
 
 
-def _spawn_part(info: StackInfo, name: str) -> ManagedProcess:
-    """Start one of the stack's own processes (lambda, manager-N, reconciler)."""
+def _spawn_part(info: StackInfo, name: str, port: int = 0) -> ManagedProcess:
+    """Start one of the stack's own processes (lambda, manager-N, reconciler, dashboard)."""
     options = StackOptions(**info.options)  # type: ignore[arg-type]
     env = {**os.environ, **info.client_env(), **_function_env(options)}
-    port = int(info.lambda_url.rsplit(":", 1)[-1]) if name == "lambda" else 0
+    if name == "lambda":
+        port = int(info.lambda_url.rsplit(":", 1)[-1])
     log_name = "lambda-service" if name == "lambda" else name
     return spawn(name, info.commands[name], Path(info.home) / "logs" / f"{log_name}.log", env, port)
 

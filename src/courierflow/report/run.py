@@ -1,0 +1,64 @@
+"""One run's report from where its facts live: the ledger, and the rejects report in S3.
+
+The same calls serve the local stack (boto3 pointed at moto by the stack's endpoint
+variables) and AWS (DynamoDB ledger, the real bucket).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from courierflow.errors import ConfigError
+from courierflow.ledger.base import Ledger
+from courierflow.rejects import rejects_key
+from courierflow.report.html import plot_timeline, read_rejects, write_report
+
+log = logging.getLogger(__name__)
+
+
+def latest_source(ledger: Ledger) -> str:
+    """The ``s3://bucket/key`` of the file whose orders were queued last."""
+    latest: tuple[float, str] | None = None
+    for record in ledger.orders():
+        if record.source and (latest is None or (record.queued_at or 0.0) > latest[0]):
+            latest = (record.queued_at or 0.0, record.source)
+    if latest is None:
+        raise ConfigError("the ledger holds no orders yet: run a file first (`courierflow run`)")
+    return latest[1]
+
+
+def fetch_rejects(source: str) -> list[tuple[int, str]]:
+    """(line, reason) of the rows the publisher rejected from ``source``; empty when the
+    file had none or its bucket cannot be reached any more (the local stack is down)."""
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    try:
+        s3 = boto3.client("s3", config=Config(connect_timeout=3, retries={"max_attempts": 2}))
+        body = s3.get_object(Bucket=bucket, Key=rejects_key(key))["Body"]
+        return read_rejects(body.read().decode("utf-8", errors="replace"))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+            log.warning("rejects report of %s unreadable: %s", source, exc)
+    except BotoCoreError as exc:
+        log.warning("rejects report of %s unreachable: %s", source, exc)
+    return []
+
+
+def write_run_report(
+    ledger: Ledger,
+    out: Path,
+    source: str | None = None,
+    started_at: float | None = None,
+    plot: Path | None = None,
+) -> Path:
+    """Write ``report.html`` (and the timeline PNG when ``plot`` is given) for ``source``,
+    by default the latest file in the ledger; returns the report's path."""
+    source = source or latest_source(ledger)
+    write_report(ledger, source, started_at, out, fetch_rejects(source))
+    if plot is not None:
+        plot_timeline(ledger.orders(source), plot, started_at)
+    return out
