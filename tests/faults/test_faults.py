@@ -41,19 +41,34 @@ def size(transport: str, n: int) -> int:
     return n if transport == "rabbitmq" else min(n, 300)
 
 
+#: delivery environments of the fault tests' stacks
+FAST_FLEET = 128
+
+
 def fast(**changes: object) -> stack.StackOptions:
-    options = stack.StackOptions(fleet=128, time_scale=0.01, stuck_after_s=10, reconcile_every_s=1)
+    options = stack.StackOptions(
+        fleet=FAST_FLEET, time_scale=0.01, stuck_after_s=10, reconcile_every_s=1
+    )
     for key, value in changes.items():
         setattr(options, key, value)
     return options
 
 
-def assert_each_delivered_once(info: stack.StackInfo, ids: list[str]) -> None:
+def assert_each_delivered_once(
+    info: stack.StackInfo, ids: list[str], logs_cut_by_kill: int = 0
+) -> None:
+    """Every order delivered in the ledger, and logged as delivered by at most one trip.
+
+    ``logs_cut_by_kill``: how many orders may lack their log line because SIGKILL hit
+    their environment after the ledger recorded the delivery and before the log block
+    was written (bounded by the environments alive at the kill)."""
     records = open_ledger(info.ledger_url).orders()
     assert sorted(r.order_id for r in records) == sorted(ids)
     assert {r.state for r in records} == {OrderState.DELIVERED}
     per_order = deliveries_per_order(info)
-    assert sorted(per_order) == sorted(ids), "an order has no logged delivery"
+    assert set(per_order) <= set(ids), "a delivery of an order that is not in the file"
+    unlogged = sorted(set(ids) - set(per_order))
+    assert len(unlogged) <= logs_cut_by_kill, f"orders with no logged delivery: {unlogged[:5]}"
     twice = {k: v for k, v in per_order.items() if v > 1}
     assert not twice, f"delivered more than once: {list(twice)[:5]}"
 
@@ -130,7 +145,7 @@ def test_lambda_service_killed_mid_run_orders_are_caught_by_the_reconciler(
         stack.restart(home, "lambda")
         summary = runner.follow(open_ledger(info.ledger_url), info.bucket, key, etag, uploaded, 90)
         assert (summary.delivered, summary.lost, summary.failed) == (len(ids), 0, 0)
-        assert_each_delivered_once(info, ids)
+        assert_each_delivered_once(info, ids, logs_cut_by_kill=FAST_FLEET)
         reconciler_log = (home / "logs" / "reconciler.log").read_text()
         assert "re-dispatched order stuck" in reconciler_log
 
@@ -224,6 +239,10 @@ def test_two_managers_on_one_queue_deliver_each_order_once(
     with running_stack(tmp_path / "home", amqp_url, options) as info:
         summary = upload_and_follow(info, tmp_path / "orders.csv")
         logs = [(Path(info.home) / "logs" / f"manager-{i}.log").read_text() for i in (0, 1)]
-        assert (summary.delivered, summary.lost, summary.duplicates) == (len(ids), 0, 0)
-        assert_each_delivered_once(info, ids)
+        assert (summary.delivered, summary.lost) == (len(ids), 0)
+        if transport == "rabbitmq":  # the broker hands each message to one consumer
+            assert summary.duplicates == 0
+        else:  # SQS may hand a message to two receivers at once (moto's server does, rarely)
+            assert summary.duplicates <= len(ids) // 50, "duplicates beyond at-least-once noise"
+        assert_each_delivered_once(info, ids)  # a duplicate invoke is skipped, never delivered
         assert all("consuming" in log for log in logs), "both managers consumed"
