@@ -84,7 +84,7 @@ def test_failed_is_never_written_over_delivered(ledger: Ledger) -> None:
     ledger.claim_delivery("A", "r1", 30, 1.0)
     ledger.complete_delivery("A", "r1", 2, 1.0, 3.0)
     ledger.mark_failed("A", "late failure report", 4.0)
-    ledger.mark_dispatched("A", 5.0)
+    ledger.mark_dispatched(["A"], 5.0)
     record = ledger.get_order("A")
     assert record is not None and record.state is OrderState.DELIVERED
 

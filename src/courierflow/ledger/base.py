@@ -122,8 +122,9 @@ class Ledger(ABC):
         """
 
     @abstractmethod
-    def mark_dispatched(self, order_id: str, now: float) -> None:
-        """The manager handed the order to Lambda. Never moves an order backwards."""
+    def mark_dispatched(self, order_ids: Sequence[str], now: float) -> None:
+        """The manager handed these orders to Lambda (one write for the batch where the
+        store allows). Never moves an order backwards."""
 
     @abstractmethod
     def claim_delivery(

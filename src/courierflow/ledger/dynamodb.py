@@ -204,14 +204,15 @@ class DynamoDBLedger(Ledger):
                 fresh.append(order_id)
         return fresh
 
-    def mark_dispatched(self, order_id: str, now: float) -> None:
-        self._update(
-            self._order_key(order_id),
-            "SET #s = :dispatched, order_id = :id, dispatched_at = :now, updated_at = :now",
-            f"{NOT_EXISTS} OR #s IN (:queued, :dispatched)",
-            {":dispatched": "dispatched", ":queued": "queued", ":id": order_id, ":now": now},
-            {"#s": "state"},
-        )
+    def mark_dispatched(self, order_ids: Sequence[str], now: float) -> None:
+        for order_id in order_ids:  # conditional writes cannot be batched
+            self._update(
+                self._order_key(order_id),
+                "SET #s = :dispatched, order_id = :id, dispatched_at = :now, updated_at = :now",
+                f"{NOT_EXISTS} OR #s IN (:queued, :dispatched)",
+                {":dispatched": "dispatched", ":queued": "queued", ":id": order_id, ":now": now},
+                {"#s": "state"},
+            )
 
     def claim_delivery(
         self, order_id: str, request_id: str, lease_s: float, now: float

@@ -69,6 +69,11 @@ class SQLiteLedger(Ledger):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        # Threads of one process take turns here rather than in SQLite's busy handler,
+        # which sleeps 1, 2, 5 ... 100 ms between tries: a queue of writers in one
+        # process would otherwise spend its time asleep while the file is free.
+        self._write_lock = threading.Lock()
+        self._lock_pid = os.getpid()
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -93,14 +98,19 @@ class SQLiteLedger(Ledger):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            yield conn
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise LedgerError(f"ledger {self.path}: {exc}") from None
+        if self._lock_pid != os.getpid():  # forked: the parent's lock may be held
+            self._write_lock, self._lock_pid = threading.Lock(), os.getpid()
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise LedgerError(f"ledger {self.path}: {exc}") from None
+                raise
 
     def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple]:
         try:
@@ -197,15 +207,15 @@ class SQLiteLedger(Ledger):
                     to_publish.append(order_id)
         return to_publish
 
-    def mark_dispatched(self, order_id: str, now: float) -> None:
+    def mark_dispatched(self, order_ids: Sequence[str], now: float) -> None:
         with self._write() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO orders (order_id, state, dispatched_at, updated_at)"
                 " VALUES (:id, 'dispatched', :now, :now)"
                 " ON CONFLICT (order_id) DO UPDATE SET state = 'dispatched',"
                 " dispatched_at = :now, updated_at = :now"
                 " WHERE orders.state IN ('queued', 'dispatched')",
-                {"id": order_id, "now": now},
+                [{"id": order_id, "now": now} for order_id in order_ids],
             )
 
     def claim_delivery(

@@ -30,9 +30,57 @@ MAX_INVOKE_ATTEMPTS = 5
 INVOKE_BACKOFF_BASE_S = 0.2
 INVOKE_BACKOFF_MAX_S = 5.0
 #: Invoke calls in flight at once (each waits on a network round trip)
-DEFAULT_WORKERS = 64
+DEFAULT_WORKERS = 128
 #: unacknowledged messages the broker may hand us
-DEFAULT_PREFETCH = 256
+DEFAULT_PREFETCH = 512
+#: most dispatches recorded in one ledger write, and the longest a record waits
+RECORD_BATCH = 500
+RECORD_EVERY_S = 0.05
+
+
+class DispatchRecorder:
+    """Records dispatches in the ledger from one thread, many per write.
+
+    A write per order from every invoke thread would make the threads queue for the
+    ledger (its file lock) instead of calling Lambda. The record is a convenience (the
+    delivery's own claim is what keeps an order from running twice), so the message is
+    acked without waiting for it; ``close`` writes what is still pending.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._pending: list[str] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="dispatch-recorder", daemon=True)
+        self._thread.start()
+
+    def add(self, order_id: str) -> None:
+        with self._cond:
+            self._pending.append(order_id)
+            if len(self._pending) >= RECORD_BATCH:
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._closed and len(self._pending) < RECORD_BATCH:
+                    self._cond.wait(RECORD_EVERY_S)
+                batch, self._pending = self._pending, []
+                closed = self._closed
+            if batch:
+                try:
+                    self.ledger.mark_dispatched(batch, time.time())
+                except Exception:
+                    log.exception("could not record %d dispatches", len(batch))
+            if closed and not self._pending:
+                return
 
 
 @dataclass
@@ -72,6 +120,7 @@ class Dispatcher:
         self.stats = DispatchStats()
         self.stop_event = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="invoke")
+        self._recorder = DispatchRecorder(ledger)
 
     def run(self) -> None:
         """Consume until ``stop()``; then finish the invokes in flight and settle them."""
@@ -80,6 +129,7 @@ class Dispatcher:
             self.transport.consume(self._on_message, self.prefetch, self.stop_event)
         finally:
             self._pool.shutdown(wait=True)
+            self._recorder.close()
             log.info(
                 "manager stopped: %d dispatched, %d dead-lettered",
                 self.stats.dispatched,
@@ -124,11 +174,8 @@ class Dispatcher:
         self._dead_letter(order, delivery, f"invoke failed {MAX_INVOKE_ATTEMPTS} times: {reason}")
 
     def _handed_on(self, order: Order, delivery: Delivery) -> None:
-        """Lambda accepted the event: record it (best effort) and ack the message."""
-        try:
-            self.ledger.mark_dispatched(order.order_id, time.time())
-        except Exception:  # the delivery claims the order anyway; the record is a convenience
-            log.exception("could not record the dispatch", extra={"order_id": order.order_id})
+        """Lambda accepted the event: ack the message, record the dispatch soon after."""
+        self._recorder.add(order.order_id)
         delivery.ack()
         self.stats.add("dispatched")
 
