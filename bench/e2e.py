@@ -33,6 +33,11 @@ def _ours(svc: Services, n: int, fleet: int, time_scale: float) -> dict[str, Any
     delays = [(r.delay_s or 0) * time_scale for r in records]
     ideal = max(max(delays), sum(delays) / fleet) if delays else 0.0
     waits = [(r.started_at or 0) - (r.queued_at or 0) for r in records]
+    first_start = min((r.started_at or started for r in records), default=started) - started
+    # deliveries' own overhead: time on the road beyond the simulated trip
+    overhead = [
+        (r.finished_at or 0) - (r.started_at or 0) - (r.delay_s or 0) * time_scale for r in records
+    ]
     return {
         "orders": n,
         "delivered": result.delivered,
@@ -43,6 +48,8 @@ def _ours(svc: Services, n: int, fleet: int, time_scale: float) -> dict[str, Any
         "deliveries_per_s": result.delivered / result.makespan_s if result.makespan_s else 0.0,
         "peak_concurrency": result.peak_concurrency,
         "queue_to_start_s": percentiles(waits),
+        "upload_to_first_start_s": first_start,
+        "delivery_overhead_s": percentiles(overhead),
     }
 
 

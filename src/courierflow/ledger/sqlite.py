@@ -9,18 +9,25 @@ that may have imported (but must not share) the ledger.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from courierflow.errors import LedgerError
 from courierflow.ledger.base import ClaimResult, FileRecord, FileState, Ledger, OrderRecord
 from courierflow.orders import OrderState
 
+T = TypeVar("T")
+
 #: how long a writer waits for the lock before giving up (many deliveries write at once)
 BUSY_TIMEOUT_MS = 60_000
+#: pause between tries for the write lock, growing from the first to the last value
+BUSY_RETRY_S = (0.0002, 0.004)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -63,6 +70,26 @@ _ORDER_COLUMNS = (
 )
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _when_free(action: Callable[[], T]) -> T:
+    """Run ``action``, trying again after short random pauses while another process holds
+    the lock it needs (a write holds it for well under a millisecond)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = BUSY_RETRY_S[0]
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(pause / 2, pause))
+        pause = min(pause * 2, BUSY_RETRY_S[1])
+
+
 class SQLiteLedger(Ledger):
     """Ledger in a SQLite file (created with its folder on first use)."""
 
@@ -89,6 +116,10 @@ class SQLiteLedger(Ledger):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.executescript(SCHEMA)
+                # We wait for the write lock ourselves (see _begin); SQLite's own busy
+                # handler sleeps 1, 2, 5 ... 100 ms between tries, so a writer among
+                # hundreds of delivery processes could sleep long after the lock is free.
+                conn.execute("PRAGMA busy_timeout = 0")
             except sqlite3.Error as exc:
                 raise LedgerError(f"cannot open ledger {self.path}: {exc}") from None
             self._local.conn = conn
@@ -102,7 +133,7 @@ class SQLiteLedger(Ledger):
             self._write_lock, self._lock_pid = threading.Lock(), os.getpid()
         with self._write_lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                _when_free(lambda: conn.execute("BEGIN IMMEDIATE"))
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -113,8 +144,9 @@ class SQLiteLedger(Ledger):
                 raise
 
     def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple]:
-        try:
-            return self._conn().execute(sql, params).fetchall()
+        conn = self._conn()
+        try:  # WAL readers are rarely ever busy, but they can be
+            return _when_free(lambda: conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger {self.path}: {exc}") from None
 
