@@ -183,29 +183,51 @@ class Function:
         return event.request_id
 
     async def _dispatch_events(self) -> None:
-        """Hand queued events to environments as they free up (events wait, never 429)."""
+        """Hand queued events to environments as they free up (events wait, never 429).
+
+        An idle environment takes the next event at once. When none is idle but the
+        concurrency allows another, the event waits for its own new environment in a
+        task of its own, so that a burst of events starts environments in parallel
+        rather than one after another. Only when the function is at its concurrency does
+        the dispatcher wait for one to be released.
+        """
         while True:
             event = await self.events.get()
             if time.time() - event.created > self.config.max_event_age:
                 await self._give_up(event, None, "EventAgeExceeded")
                 continue
-            try:
-                env = await self.pool.acquire(wait=True)
-            except EnvironmentDied as exc:
-                event.attempts += 1
-                self.counters.invocations += 1
-                self.counters.errors += 1
-                failure = self._init_failure(event.request_id, str(exc))
-                self._spawn_task(self._settle(event, failure))
+            env = self.pool.take_idle()
+            if env is None and self.pool.reserve():
+                self._spawn_task(self._start_and_run(event))
                 continue
-            except Exception:
-                log.exception("no environment for event %s; trying again", event.request_id)
-                asyncio.get_running_loop().call_later(
-                    SPAWN_RETRY_DELAY_S, self.events.put_nowait, event
-                )
+            try:
+                env = env or await self.pool.acquire(wait=True)
+            except Exception as exc:
+                self._no_environment(event, exc)
                 continue
             assert env is not None
             self._spawn_task(self._run_event(env, event))
+
+    async def _start_and_run(self, event: Event) -> None:
+        try:
+            env = await self.pool.start_reserved()
+        except Exception as exc:
+            self._no_environment(event, exc)
+            return
+        await self._run_event(env, event)
+
+    def _no_environment(self, event: Event, exc: Exception) -> None:
+        """An event whose environment could not be started: a failed attempt when the
+        handler's module cannot start, otherwise the event is queued again."""
+        if isinstance(exc, EnvironmentDied):
+            event.attempts += 1
+            self.counters.invocations += 1
+            self.counters.errors += 1
+            failure = self._init_failure(event.request_id, str(exc))
+            self._spawn_task(self._settle(event, failure))
+            return
+        log.exception("no environment for event %s; trying again", event.request_id)
+        asyncio.get_running_loop().call_later(SPAWN_RETRY_DELAY_S, self.events.put_nowait, event)
 
     def _spawn_task(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
