@@ -53,10 +53,20 @@ def _ours(svc: Services, n: int, fleet: int, time_scale: float) -> dict[str, Any
     }
 
 
+CELERY_POOLS = ("threads", "gevent")
+
+
 def run(svc: Services, n: int, fleet: int, time_scale: float, repeats: int) -> dict[str, Any]:
     ours = [_ours(svc, n, fleet, time_scale) for _ in range(repeats)]
     path = write_orders_csv(svc.work / "celery.csv", n)
-    celery = [celery_run.run(svc, path, fleet, time_scale) for _ in range(repeats)]
+    celery: dict[str, Any] = {}
+    for pool in CELERY_POOLS:
+        runs = [celery_run.run(svc, path, fleet, time_scale, pool) for _ in range(repeats)]
+        celery[pool] = {
+            "makespan_s": summary([r["makespan_s"] for r in runs]),
+            "deliveries_per_s": summary([r["deliveries_per_s"] for r in runs]),
+        }
+    best = max(celery, key=lambda pool: celery[pool]["deliveries_per_s"]["median"])
     return {
         "fleet": fleet,
         "time_scale": time_scale,
@@ -66,8 +76,5 @@ def run(svc: Services, n: int, fleet: int, time_scale: float, repeats: int) -> d
             "deliveries_per_s": summary([r["deliveries_per_s"] for r in ours]),
             "runs": ours,
         },
-        "celery_threads": {
-            "makespan_s": summary([r["makespan_s"] for r in celery]),
-            "deliveries_per_s": summary([r["deliveries_per_s"] for r in celery]),
-        },
+        "celery": {"best_pool": best, **celery},
     }

@@ -71,21 +71,35 @@ def table(results: dict[str, Any]) -> str:
         )
     e = results["e2e"]
     ours = e["courierflow"]
-    celery = e["celery_threads"]
+    pool = e["celery"]["best_pool"]
+    celery = e["celery"][pool]
+    others = ", ".join(
+        f"{name} {e['celery'][name]['deliveries_per_s']['median']:,.0f}/s"
+        for name in e["celery"]
+        if name not in ("best_pool", pool)
+    )
+    first = ours["runs"][0]
     lines += [
-        f"| end to end {ours['runs'][0]['orders']:,} orders, fleet {e['fleet']}, "
+        f"| end to end {first['orders']:,} orders, fleet {e['fleet']}, "
         f"delays x{e['time_scale']}: makespan s | {ours['makespan_s']['median']:.1f} "
-        f"({ours['makespan_over_ideal']['median']:.2f}x ideal) | Celery threads "
+        f"({ours['makespan_over_ideal']['median']:.2f}x ideal) | Celery, {pool} pool: "
         f"{celery['makespan_s']['median']:.1f} | - |",
         f"| end to end deliveries/s | {ours['deliveries_per_s']['median']:,.0f} | Celery "
-        f"{celery['deliveries_per_s']['median']:,.0f} | "
+        f"{pool} {celery['deliveries_per_s']['median']:,.0f} (other pools: {others}) | "
         f"{ours['deliveries_per_s']['median'] / celery['deliveries_per_s']['median']:.2f}x |",
     ]
-    qs = ours["runs"][0]["queue_to_start_s"]
+    qs = first["queue_to_start_s"]
     lines.append(
         f"| queue-to-start p50/p95/p99 s | {qs['p50']:.2f} / {qs['p95']:.2f} / "
         f"{qs['p99']:.2f} | - | - |"
     )
+    if "upload_to_first_start_s" in first:
+        over = first["delivery_overhead_s"]
+        lines.append(
+            f"| upload to first delivery start s; delivery overhead p50/p99 ms | "
+            f"{first['upload_to_first_start_s']:.2f}; {over['p50'] * 1000:.1f} / "
+            f"{over['p99'] * 1000:.1f} | - | - |"
+        )
     ls = results["lambda_service"]
     acc = ls["accept"]["latency_ms"]
     env = ls["environments"]
