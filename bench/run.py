@@ -40,11 +40,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def spread(stat: dict[str, Any], spec: str = ",.0f") -> str:
+    """A repeated measurement as ``median [min-max, n runs]``."""
+    if stat.get("runs", 1) < 2:
+        return format(stat["median"], spec)
+    return (
+        f"{stat['median']:{spec}} [{stat['min']:{spec}}-{stat['max']:{spec}}, {stat['runs']} runs]"
+    )
+
+
 def table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
         f"Machine: {m['cores']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, "
-        f"RabbitMQ {m['rabbitmq']} ({m['date']}). Medians of the runs; ratios against peers.",
+        f"RabbitMQ {m['rabbitmq']} ({m['date']}). "
+        "Medians of the runs [min-max]; ratios of medians against peers.",
         "",
         "| measure | courierflow | peer | ratio |",
         "|---|---|---|---|",
@@ -52,7 +62,8 @@ def table(results: dict[str, Any]) -> str:
     for rows, entry in results["publish"].items():
         ours = entry["courierflow"]["orders_per_s"]["median"]
         lines.append(
-            f"| publish {int(rows):,} rows, orders/s (peak RSS) | {ours:,.0f} "
+            f"| publish {int(rows):,} rows, orders/s (peak RSS) | "
+            f"{spread(entry['courierflow']['orders_per_s'])} "
             f"({entry['courierflow']['rss_mb']['median']:.0f} MB) | "
             + (
                 f"lab with confirms {entry['lab_confirms']['orders_per_s']['median']:,.0f}; "
@@ -66,7 +77,8 @@ def table(results: dict[str, Any]) -> str:
         ours = entry["courierflow"]["orders_per_s"]["median"]
         lab = entry["lab"]["orders_per_s"]["median"]
         lines.append(
-            f"| dispatch, Invoke latency {latency}, orders/s | {ours:,.0f} "
+            f"| dispatch, Invoke latency {latency}, orders/s | "
+            f"{spread(entry['courierflow']['orders_per_s'])} "
             f"| lab manager {lab:,.0f} | {ours / lab:.1f}x |"
         )
     e = results["e2e"]
@@ -81,10 +93,10 @@ def table(results: dict[str, Any]) -> str:
     first = ours["runs"][0]
     lines += [
         f"| end to end {first['orders']:,} orders, fleet {e['fleet']}, "
-        f"delays x{e['time_scale']}: makespan s | {ours['makespan_s']['median']:.1f} "
+        f"delays x{e['time_scale']}: makespan s | {spread(ours['makespan_s'], '.1f')} "
         f"({ours['makespan_over_ideal']['median']:.2f}x ideal) | Celery, {pool} pool: "
         f"{celery['makespan_s']['median']:.1f} | - |",
-        f"| end to end deliveries/s | {ours['deliveries_per_s']['median']:,.0f} | Celery "
+        f"| end to end deliveries/s | {spread(ours['deliveries_per_s'])} | Celery "
         f"{pool} {celery['deliveries_per_s']['median']:,.0f} (other pools: {others}) | "
         f"{ours['deliveries_per_s']['median'] / celery['deliveries_per_s']['median']:.2f}x |",
     ]
@@ -160,15 +172,7 @@ def plots(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny sizes: checks it all still works"
-    )
-    args = parser.parse_args()
-    smoke = args.smoke
-    out = RESULTS if not smoke else RESULTS / "tmp"
-    out.mkdir(parents=True, exist_ok=True)
+def measure(smoke: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "smoke": smoke}
     with services() as svc:
         sizes = [2000] if smoke else [10_000, 100_000, 1_000_000]
@@ -180,8 +184,29 @@ def main() -> None:
         results["lambda_service"] = lambda_service_bench.run(svc, smoke)
         print("end to end ...", flush=True)
         results["e2e"] = e2e.run(svc, 200 if smoke else 10_000, 256, 0.1, 1 if smoke else 2)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks it all still works"
+    )
+    parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help="only rebuild the table and plots from the saved results (runs nothing)",
+    )
+    args = parser.parse_args()
+    smoke = args.smoke
+    out = RESULTS if not smoke else RESULTS / "tmp"
+    out.mkdir(parents=True, exist_ok=True)
     name = "smoke.json" if smoke else "latest.json"
-    (out / name).write_text(json.dumps(results, indent=2))
+    if args.redraw:
+        results = json.loads((out / name).read_text())
+    else:
+        results = measure(smoke)
+        (out / name).write_text(json.dumps(results, indent=2))
     text = table(results)
     (out / "table.md").write_text(text)
     plots(results, out)

@@ -25,7 +25,6 @@ import resource
 import signal
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -112,18 +111,22 @@ def load_handler(spec: str) -> tuple[Handler | None, dict[str, Any] | None]:
 
 
 class _Output:
-    """fd 1 and 2 redirected to one temporary file, read back per invocation."""
+    """fd 1 and 2 redirected to one in-memory file, read back per invocation.
+
+    An anonymous memfd rather than ``tempfile``: that module (with shutil, bz2, lzma)
+    would add about 0.9 MB to the resident size of every environment.
+    """
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-        os.dup2(self._file.fileno(), 1)
-        os.dup2(self._file.fileno(), 2)
+        self._fd = os.memfd_create("courierflow-output")
+        os.dup2(self._fd, 1)
+        os.dup2(self._fd, 2)
 
     def take(self) -> str:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-        fd = self._file.fileno()
+        fd = self._fd
         size = os.lseek(fd, 0, os.SEEK_END)
         os.lseek(fd, 0, os.SEEK_SET)
         data = os.read(fd, min(size, MAX_LOG_BYTES))
