@@ -180,14 +180,15 @@ def run(
     try:
         started = time.time()
         summary = _upload_and_follow(info, file, stall_timeout, started)
+        rejects = _rejects(summary)  # read while the stack's bucket is still up
         report = None
         if summary.file:  # the publisher recorded the file
             out = report_html or settings.home / "report.html"
-            report = _write_report(out, summary.file, started, plot)
+            report = _write_report(out, summary.file, started, plot, rejects)
     finally:
         if started_here and not keep_up:
             stack.down(settings.home)
-    _print_summary(summary)
+    _print_summary(summary, rejects)
     if report is not None:
         console.print(f"report: {report.absolute().as_uri()}", soft_wrap=True)
         if plot:
@@ -200,12 +201,18 @@ def run(
         raise typer.Exit(1)
 
 
-def _write_report(out: Path, source: str, started: float | None, plot: Path | None) -> Path:
+def _write_report(
+    out: Path,
+    source: str,
+    started: float | None,
+    plot: Path | None,
+    rejects: list[tuple[int, str]],
+) -> Path:
     from courierflow.report.run import write_run_report
 
     ledger = open_ledger(_settings().ledger_url)
     try:
-        return write_run_report(ledger, out, source or None, started, plot)
+        return write_run_report(ledger, out, source or None, started, plot, rejects)
     finally:
         ledger.close()
 
@@ -243,7 +250,20 @@ def _upload_and_follow(
         return runner.follow(ledger, info.bucket, key, etag, started, stall_timeout, show)
 
 
-def _print_summary(s: RunSummary) -> None:
+#: rejected rows named in the terminal; the rest are in report.html and the rejects file
+SHOWN_REJECTS = 20
+
+
+def _rejects(summary: RunSummary) -> list[tuple[int, str]]:
+    """(line, reason) of the rows the publisher rejected, from its rejects file."""
+    if not (summary.file and summary.rejected):
+        return []
+    from courierflow.report.run import fetch_rejects
+
+    return fetch_rejects(summary.file)
+
+
+def _print_summary(s: RunSummary, rejects: list[tuple[int, str]]) -> None:
     table = Table(title=f"run summary: {s.file}", show_header=False)
     rows = [
         ("rows read", s.rows),
@@ -266,8 +286,14 @@ def _print_summary(s: RunSummary) -> None:
     if s.note:
         console.print(f"[yellow]note:[/yellow] {s.note}")
     if s.rejected:
+        name = s.file.rpartition("/")[2]
+        for line, reason in rejects[:SHOWN_REJECTS]:
+            console.print(f"[yellow]rejected[/yellow] {name} line {line}: {reason}", soft_wrap=True)
+        if s.rejected > min(len(rejects), SHOWN_REJECTS):
+            console.print(f"... {s.rejected - min(len(rejects), SHOWN_REJECTS)} more rejected rows")
         console.print(
-            f"rejected rows are listed in s3://{stack.BUCKET}/rejects/ (line, reason, row)"
+            f"rejected rows are listed in s3://{stack.BUCKET}/rejects/ (line, reason, row)",
+            soft_wrap=True,
         )
 
 
@@ -280,7 +306,7 @@ def submit(
     info = _running_stack(_settings())
     if wait:
         summary = _upload_and_follow(info, file, 180.0, time.time())
-        _print_summary(summary)
+        _print_summary(summary, _rejects(summary))
         if summary.lost or summary.failed:
             raise typer.Exit(1)
     else:

@@ -75,6 +75,8 @@ def test_bad_rows_are_named_with_line_numbers_and_the_good_ones_delivered(
 
 def test_courierflow_run_reports_json_and_exits_zero(tmp_path: Path, amqp_url: str) -> None:
     write_orders(tmp_path / "orders.csv", 60)
+    with open(tmp_path / "orders.csv", "a") as orders:  # lines 62 and 63: two bad rows
+        orders.write("ORD-00007,Again,7 Main St,parcel,1\nORD-X,Nobody,nowhere,parcel,0\n")
     env = {
         **os.environ,
         "COURIERFLOW_HOME": str(tmp_path / "home"),
@@ -113,11 +115,16 @@ def test_courierflow_run_reports_json_and_exits_zero(tmp_path: Path, amqp_url: s
     ):
         assert key in figures
     assert figures["delivered"] == 60 and figures["lost"] == 0
+    assert figures["rejected"] == 2
+    # the bad rows are named in the terminal, with their line and reason
+    said = " ".join(result.stderr.split())
+    assert "rejected orders.csv line 62: duplicate order_id 'ORD-00007' (first on line 9)" in said
+    assert "rejected orders.csv line 63: quantity" in said
     assert stack.load(tmp_path / "home") is None, "run left its stack running"
 
     # run ends by naming report.html; one bar per delivered order
     report = tmp_path / "home" / "report.html"
-    assert f"report: {report.as_uri()}" in " ".join(result.stderr.split())
+    assert f"report: {report.as_uri()}" in said
     assert report.read_text().count('<rect class="delivery delivered"') == 60
 
     # afterwards, with the stack down, `report` draws the same run from the ledger

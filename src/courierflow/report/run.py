@@ -54,11 +54,15 @@ def write_run_report(
     source: str | None = None,
     started_at: float | None = None,
     plot: Path | None = None,
+    rejects: list[tuple[int, str]] | None = None,
 ) -> Path:
     """Write ``report.html`` (and the timeline PNG when ``plot`` is given) for ``source``,
-    by default the latest file in the ledger; returns the report's path."""
+    by default the latest file in the ledger; returns the report's path. ``rejects``
+    are fetched from the bucket unless given."""
     source = source or latest_source(ledger)
-    write_report(ledger, source, started_at, out, fetch_rejects(source))
+    if rejects is None:
+        rejects = fetch_rejects(source)
+    write_report(ledger, source, started_at, out, rejects)
     if plot is not None:
         plot_timeline(ledger.orders(source), plot, started_at)
     return out
