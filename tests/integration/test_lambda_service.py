@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 import pytest
 from botocore.config import Config
 
@@ -114,6 +115,29 @@ def test_environments_stay_warm_between_invocations(service: Service) -> None:
     second = invoke(client, "echo")[1]
     assert second["pid"] == first["pid"]
     assert second["calls"] == first["calls"] + 1
+
+
+def environment_pids(service: Service) -> set[int]:
+    """The forked environments: the children of the functions' zygotes."""
+    zygotes = psutil.Process(service.process.pid).children()
+    return {env.pid for zygote in zygotes for env in zygote.children()}
+
+
+def test_provisioned_environments_start_with_the_service_and_stay_warm(tmp_path: Path) -> None:
+    svc = start_service(
+        tmp_path,
+        "--function", "echo=samples:echo",
+        "--set", "echo.provisioned_concurrency=3", "--set", "echo.concurrency=4",
+        "--set", "echo.idle_timeout=0.2",
+    )  # fmt: skip
+    try:
+        provisioned = environment_pids(svc)
+        assert len(provisioned) == 3, "provisioned environments are up before the port opens"
+        assert invoke(svc.client(), "echo")[1]["pid"] in provisioned
+        time.sleep(1.5)  # several idle timeouts: only environments beyond 3 would be reaped
+        assert environment_pids(svc) == provisioned
+    finally:
+        svc.process.stop()
 
 
 def test_function_names_may_be_arns_and_qualifier_latest(service: Service) -> None:

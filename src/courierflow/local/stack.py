@@ -61,6 +61,9 @@ class StackOptions:
 
     #: concurrent delivery environments (the courier fleet; Lambda's reserved concurrency)
     fleet: int = 128
+    #: delivery environments started with the stack, so the first burst of orders does not
+    #: wait for cold starts (Lambda's provisioned concurrency); None: the whole fleet
+    provisioned: int | None = None
     #: multiplies the delivery delays (1.0 = the lab's 2-10 s)
     time_scale: float = 1.0
     delay_min: int = 2
@@ -354,6 +357,9 @@ def _lambda_service_argv(
         f"{DELIVERY}.timeout={delivery_timeout}",
         "--set",
         f"{DELIVERY}.concurrency={options.fleet}",
+        "--set",
+        f"{DELIVERY}.provisioned_concurrency="
+        f"{options.fleet if options.provisioned is None else options.provisioned}",
         "--set",
         f"{DELIVERY}.retry_delays={options.retry_delays}",
         "--set",

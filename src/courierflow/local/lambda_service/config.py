@@ -3,7 +3,7 @@
 Flags: ``--function NAME=MODULE:HANDLER`` and ``--set NAME.KEY=VALUE`` where KEY is one of
 ``timeout``, ``memory``, ``concurrency``, ``retry_delays`` (comma-separated seconds),
 ``max_retries``, ``max_event_age``, ``on_failure`` (SQS queue URL or a file path),
-``idle_timeout``, ``sqs_batch_size``, ``sqs_batching_window``,
+``idle_timeout``, ``provisioned_concurrency``, ``sqs_batch_size``, ``sqs_batching_window``,
 ``report_batch_item_failures`` or ``env.VAR``. The TOML file has one table per function:
 ``[functions.NAME]`` with ``handler = "MODULE:HANDLER"`` and the same keys (``env`` a table).
 """
@@ -40,6 +40,9 @@ class FunctionConfig:
     on_failure: str = ""
     #: seconds an idle environment is kept warm
     idle_timeout: float = 300.0
+    #: environments started with the service and kept warm whatever the idle time
+    #: (Lambda's provisioned concurrency; at most ``concurrency``)
+    provisioned_concurrency: int = 0
     sqs_queue_url: str = ""
     sqs_batch_size: int = 10
     sqs_batching_window: float = 0.0

@@ -114,7 +114,29 @@ class EnvironmentPool:
             os.unlink(self.socket_path)
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
         await self._start_zygote()
+        await self._provision()
         self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def _provision(self) -> None:
+        """Start the provisioned environments (in parallel, ``PARALLEL_STARTS`` at a time)
+        and leave them idle; a failure is logged and leaves the function on demand."""
+        wanted = min(self.config.provisioned_concurrency, self.config.concurrency)
+        slots = [self.reserve() for _ in range(wanted)]
+        started = await asyncio.gather(
+            *(self.start_reserved() for _ in range(sum(slots))), return_exceptions=True
+        )
+        for env in started:
+            if isinstance(env, Environment):
+                self.release(env, healthy=True)
+        failed = [e for e in started if not isinstance(e, Environment)]
+        if failed:
+            log.warning(
+                "%d of %d provisioned environments of %s did not start: %s",
+                len(failed),
+                wanted,
+                self.config.name,
+                failed[0],
+            )
 
     async def _start_zygote(self) -> None:
         spec = {
@@ -310,6 +332,8 @@ class EnvironmentPool:
             await asyncio.sleep(min(REAP_EVERY_S, max(0.1, self.config.idle_timeout / 2)))
             limit = time.monotonic() - self.config.idle_timeout
             for env in [e for e in self.idle if e.last_used < limit]:
+                if self.total <= self.config.provisioned_concurrency:
+                    break  # provisioned environments stay warm
                 self.idle.remove(env)
                 env.kill()
                 self.total -= 1
