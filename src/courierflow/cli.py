@@ -45,11 +45,7 @@ console = Console(stderr=True)
 
 Fleet = Annotated[
     int,
-    typer.Option(
-        help="Concurrent delivery environments (the courier fleet), started with the stack "
-        "like Lambda's provisioned concurrency.",
-        min=1,
-    ),
+    typer.Option(help="Concurrent delivery environments (the courier fleet).", min=1),
 ]
 TimeScale = Annotated[
     float, typer.Option(help="Multiplies delivery delays: 0.01 turns 2-10 s into 20-100 ms.")

@@ -61,9 +61,11 @@ class StackOptions:
 
     #: concurrent delivery environments (the courier fleet; Lambda's reserved concurrency)
     fleet: int = 128
-    #: delivery environments started with the stack, so the first burst of orders does not
-    #: wait for cold starts (Lambda's provisioned concurrency); None: the whole fleet
-    provisioned: int | None = None
+    #: delivery environments started with the stack (Lambda's provisioned concurrency).
+    #: Off by default: provisioning the whole fleet of 256 made the e2e bench bimodal on
+    #: 2 cores (25.2-25.6 s or 27.8-36.2 s: the publisher starved while 256 deliveries
+    #: ran at once) where starting on demand gives 26.1-26.5 s every time.
+    provisioned: int = 0
     #: multiplies the delivery delays (1.0 = the lab's 2-10 s)
     time_scale: float = 1.0
     delay_min: int = 2
@@ -358,8 +360,7 @@ def _lambda_service_argv(
         "--set",
         f"{DELIVERY}.concurrency={options.fleet}",
         "--set",
-        f"{DELIVERY}.provisioned_concurrency="
-        f"{options.fleet if options.provisioned is None else options.provisioned}",
+        f"{DELIVERY}.provisioned_concurrency={options.provisioned}",
         "--set",
         f"{DELIVERY}.retry_delays={options.retry_delays}",
         "--set",
