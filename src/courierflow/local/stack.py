@@ -62,9 +62,10 @@ class StackOptions:
     #: concurrent delivery environments (the courier fleet; Lambda's reserved concurrency)
     fleet: int = 128
     #: delivery environments started with the stack (Lambda's provisioned concurrency).
-    #: Off by default: provisioning the whole fleet of 256 made the e2e bench bimodal on
-    #: 2 cores (25.2-25.6 s or 27.8-36.2 s: the publisher starved while 256 deliveries
-    #: ran at once) where starting on demand gives 26.1-26.5 s every time.
+    #: Off by default: with the whole fleet of 256 provisioned, the e2e bench on 2 cores
+    #: took 25.2-25.6 s in isolated runs but 27.8-36.2 s in 5 of 14 runs (the publisher
+    #: slowed while 256 deliveries ran); on demand, 25.8-26.7 s with 1 slow run (30.0 s)
+    #: in about 20.
     provisioned: int = 0
     #: multiplies the delivery delays (1.0 = the lab's 2-10 s)
     time_scale: float = 1.0
