@@ -63,9 +63,8 @@ class StackOptions:
     fleet: int = 128
     #: delivery environments started with the stack (Lambda's provisioned concurrency).
     #: Off by default: with the whole fleet of 256 provisioned, the e2e bench on 2 cores
-    #: took 25.2-25.6 s in isolated runs but 27.8-36.2 s in 5 of 14 runs (the publisher
-    #: slowed while 256 deliveries ran); on demand, 25.8-26.7 s with 1 slow run (30.0 s)
-    #: in about 20.
+    #: took 25.2-26.2 s in 15 of 20 runs but 27.8-36.2 s in the other 5 (the publisher
+    #: slowed while 256 deliveries ran); on demand, 26.1-26.7 s in 10 of 11, one 30.0 s.
     provisioned: int = 0
     #: multiplies the delivery delays (1.0 = the lab's 2-10 s)
     time_scale: float = 1.0
