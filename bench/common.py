@@ -72,7 +72,7 @@ class Services:
         self.processes.append(proc)
         return f"http://127.0.0.1:{port}"
 
-    def stop(self, proc: ManagedProcess) -> None:
+    def stop(self, proc: ManagedProcess | RabbitNode) -> None:
         proc.stop()
         self.processes.remove(proc)
 

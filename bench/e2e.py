@@ -15,11 +15,15 @@ from courierflow.local import runner, stack
 from courierflow.orders import OrderState
 
 
-def _ours(svc: Services, n: int, fleet: int, time_scale: float) -> dict[str, Any]:
+def _ours(svc: Services, n: int, fleet: int, time_scale: float, warm: bool) -> dict[str, Any]:
+    """One run; ``warm``: the fleet's environments are started with the stack (the Lambda
+    service's provisioned concurrency), as Celery's workers are before its clock starts."""
     home = svc.work / f"stack-{time.time_ns()}"
     env = {**os.environ, "COURIERFLOW_HOME": str(home), "COURIERFLOW_AMQP_URL": svc.amqp_url}
     settings = Settings.from_env(env)
-    options = stack.StackOptions(fleet=fleet, time_scale=time_scale, stuck_after_s=300)
+    options = stack.StackOptions(
+        fleet=fleet, time_scale=time_scale, stuck_after_s=300, provisioned=fleet if warm else 0
+    )
     info = stack.up(settings, options)
     try:
         path = write_orders_csv(svc.work / "e2e.csv", n)
@@ -56,8 +60,20 @@ def _ours(svc: Services, n: int, fleet: int, time_scale: float) -> dict[str, Any
 CELERY_POOLS = ("threads", "gevent")
 
 
+def _variant(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "makespan_s": summary([r["makespan_s"] for r in runs]),
+        "makespan_over_ideal": summary([r["makespan_over_ideal"] for r in runs]),
+        "deliveries_per_s": summary([r["deliveries_per_s"] for r in runs]),
+        "runs": runs,
+    }
+
+
 def run(svc: Services, n: int, fleet: int, time_scale: float, repeats: int) -> dict[str, Any]:
-    ours = [_ours(svc, n, fleet, time_scale) for _ in range(repeats)]
+    ours: dict[str, list[dict[str, Any]]] = {"on_demand": [], "warm": []}
+    for _ in range(repeats):  # interleaved, so that a drift of the machine hits both
+        for variant in ours:
+            ours[variant].append(_ours(svc, n, fleet, time_scale, warm=variant == "warm"))
     path = write_orders_csv(svc.work / "celery.csv", n)
     celery: dict[str, Any] = {}
     for pool in CELERY_POOLS:
@@ -70,11 +86,8 @@ def run(svc: Services, n: int, fleet: int, time_scale: float, repeats: int) -> d
     return {
         "fleet": fleet,
         "time_scale": time_scale,
-        "courierflow": {
-            "makespan_s": summary([r["makespan_s"] for r in ours]),
-            "makespan_over_ideal": summary([r["makespan_over_ideal"] for r in ours]),
-            "deliveries_per_s": summary([r["deliveries_per_s"] for r in ours]),
-            "runs": ours,
-        },
+        # environments started on demand (the local stack's default) or all before
+        "courierflow": _variant(ours["on_demand"]),
+        "courierflow_warm": _variant(ours["warm"]),
         "celery": {"best_pool": best, **celery},
     }

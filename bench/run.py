@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bench import dispatch, e2e, lambda_service_bench, publish
+from bench import dispatch, e2e, lambda_service_bench, ledger, publish
 from bench.common import RESULTS, services
 
 
@@ -82,7 +82,6 @@ def table(results: dict[str, Any]) -> str:
             f"| lab manager {lab:,.0f} | {ours / lab:.1f}x |"
         )
     e = results["e2e"]
-    ours = e["courierflow"]
     pool = e["celery"]["best_pool"]
     celery = e["celery"][pool]
     others = ", ".join(
@@ -90,16 +89,21 @@ def table(results: dict[str, Any]) -> str:
         for name in e["celery"]
         if name not in ("best_pool", pool)
     )
-    first = ours["runs"][0]
-    lines += [
-        f"| end to end {first['orders']:,} orders, fleet {e['fleet']}, "
-        f"delays x{e['time_scale']}: makespan s | {spread(ours['makespan_s'], '.1f')} "
-        f"({ours['makespan_over_ideal']['median']:.2f}x ideal) | Celery, {pool} pool: "
-        f"{celery['makespan_s']['median']:.1f} | - |",
-        f"| end to end deliveries/s | {spread(ours['deliveries_per_s'])} | Celery "
-        f"{pool} {celery['deliveries_per_s']['median']:,.0f} (other pools: {others}) | "
-        f"{ours['deliveries_per_s']['median'] / celery['deliveries_per_s']['median']:.2f}x |",
-    ]
+    first = e["courierflow"]["runs"][0]
+    variants = [("courierflow", "environments on demand"), ("courierflow_warm", "warm fleet")]
+    for key, label in [(k, v) for k, v in variants if k in e]:
+        ours = e[key]
+        lines += [
+            f"| end to end {first['orders']:,} orders, fleet {e['fleet']}, "
+            f"delays x{e['time_scale']}, {label}: makespan s | "
+            f"{spread(ours['makespan_s'], '.1f')} "
+            f"({ours['makespan_over_ideal']['median']:.2f}x ideal) | Celery, {pool} pool: "
+            f"{celery['makespan_s']['median']:.1f} | - |",
+            f"| end to end, {label}: deliveries/s | {spread(ours['deliveries_per_s'])} | "
+            f"Celery {pool} {celery['deliveries_per_s']['median']:,.0f} (other pools: "
+            f"{others}) | "
+            f"{ours['deliveries_per_s']['median'] / celery['deliveries_per_s']['median']:.2f}x |",
+        ]
     qs = first["queue_to_start_s"]
     lines.append(
         f"| queue-to-start p50/p95/p99 s | {qs['p50']:.2f} / {qs['p95']:.2f} / "
@@ -111,6 +115,13 @@ def table(results: dict[str, Any]) -> str:
             f"| upload to first delivery start s; delivery overhead p50/p99 ms | "
             f"{first['upload_to_first_start_s']:.2f}; {over['p50'] * 1000:.1f} / "
             f"{over['p99'] * 1000:.1f} | - | - |"
+        )
+    if "ledger" in results:
+        led = results["ledger"]
+        lines.append(
+            f"| ledger (SQLite): {led['processes']} processes claim {led['claims_each']} "
+            f"orders each at once, s until all done | {spread(led['all_done_s'], '.2f')} "
+            f"({led['claims_per_s']['median']:,.0f} claims/s) | - | - |"
         )
     ls = results["lambda_service"]
     acc = ls["accept"]["latency_ms"]
@@ -182,6 +193,8 @@ def measure(smoke: bool) -> dict[str, Any]:
         results["dispatch"] = dispatch.run(svc, 300 if smoke else 5000, 1 if smoke else 3)
         print("lambda service ...", flush=True)
         results["lambda_service"] = lambda_service_bench.run(svc, smoke)
+        print("ledger ...", flush=True)
+        results["ledger"] = ledger.run(32 if smoke else 256, 10, 1 if smoke else 3)
         print("end to end ...", flush=True)
         results["e2e"] = e2e.run(svc, 200 if smoke else 10_000, 256, 0.1, 1 if smoke else 2)
     return results

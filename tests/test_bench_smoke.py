@@ -28,7 +28,9 @@ def test_benchmark_smoke_run_produces_every_figure() -> None:
     figures = json.loads((ROOT / "bench" / "results" / "tmp" / "smoke.json").read_text())
     assert figures["publish"]["2000"]["courierflow"]["orders_per_s"]["median"] > 0
     assert set(figures["dispatch"]) == {"0ms", "30ms"}
-    assert figures["e2e"]["courierflow"]["runs"][0]["delivered"] == 200
-    assert figures["e2e"]["courierflow"]["runs"][0]["lost"] == 0
+    for variant in ("courierflow", "courierflow_warm"):
+        assert figures["e2e"][variant]["runs"][0]["delivered"] == 200
+        assert figures["e2e"][variant]["runs"][0]["lost"] == 0
+    assert figures["ledger"]["claims_per_s"]["median"] > 0
     assert figures["lambda_service"]["environments"]["pss_mb"] > 0
     assert (ROOT / "bench" / "results" / "tmp" / "throughput.png").stat().st_size > 0

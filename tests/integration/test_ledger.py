@@ -3,7 +3,10 @@ SQLite file, and DynamoDB on moto's server."""
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
+import time
 import uuid
 from pathlib import Path
 
@@ -134,3 +137,33 @@ def test_processes_racing_for_the_same_orders_each_win_exactly_once(tmp_path: Pa
     assert sorted(won) == sorted(ids)
     record = SQLiteLedger(path).get_order("O-0")
     assert record is not None and record.duplicates == 5
+
+
+def _queue_one(path: str, order_id: str) -> None:
+    SQLiteLedger(path).add_queued([order_id], "s", 1.0)
+
+
+@pytest.mark.timeout(60)
+def test_sqlite_writers_wait_their_turn_in_the_kernel_queue(tmp_path: Path) -> None:
+    """A writer sleeps in the writers' queue (flock) while another process holds it, and
+    writes as soon as it is handed on."""
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path)
+    ledger.add_queued(["O-first"], "s", 0.0)  # creates the file and the queue's lock file
+    holder = os.open(tmp_path / "ledger.db-writer.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    writer = multiprocessing.Process(target=_queue_one, args=(str(path), "O-second"))
+    try:
+        writer.start()
+        time.sleep(1.0)
+        assert writer.is_alive() and ledger.get_order("O-second") is None
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        writer.join(timeout=30)
+        assert writer.exitcode == 0
+        record = ledger.get_order("O-second")
+        assert record is not None and record.state is OrderState.QUEUED
+    finally:
+        os.close(holder)
+        if writer.is_alive():
+            writer.kill()
+            writer.join()

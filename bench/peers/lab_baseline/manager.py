@@ -16,7 +16,7 @@ def main() -> None:
     channel = connection.channel()
     channel.basic_qos(prefetch_count=1)
 
-    def callback(ch, method, properties, body):  # type: ignore[no-untyped-def]
+    def callback(ch, method, properties, body):  # untyped, as in the slides
         lambda_client.invoke(FunctionName="lambda_delivery", InvocationType="Event", Payload=body)
         ch.basic_ack(delivery_tag=method.delivery_tag)
 

