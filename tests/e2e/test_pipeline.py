@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from courierflow.ledger.base import open_ledger
@@ -140,3 +141,34 @@ def test_courierflow_run_reports_json_and_exits_zero(tmp_path: Path, amqp_url: s
     assert result.returncode == 0, result.stderr[-3000:]
     assert again.read_text().count('<rect class="delivery delivered"') == 60
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _delivery_environments(lambda_pid: int) -> int:
+    """Processes forked by the delivery function's zygote under the Lambda service."""
+    for child in psutil.Process(lambda_pid).children():
+        if stack.DELIVERY in " ".join(child.cmdline()):
+            return len(child.children())
+    return 0
+
+
+@pytest.mark.timeout(120)
+def test_up_warm_starts_the_whole_fleet_before_any_order(tmp_path: Path, amqp_url: str) -> None:
+    env = {
+        **os.environ,
+        "COURIERFLOW_HOME": str(tmp_path / "home"),
+        "COURIERFLOW_AMQP_URL": amqp_url,
+    }
+    cli = [sys.executable, "-m", "courierflow.cli"]
+    try:
+        for warm, expected in (("--no-warm", 0), ("--warm", 6)):
+            started = subprocess.run(
+                [*cli, "up", "--fleet", "6", warm, "--dashboard-port", "0"],
+                env=env, capture_output=True, text=True, timeout=90,
+            )  # fmt: skip
+            assert started.returncode == 0, started.stderr[-3000:]
+            info = stack.load(tmp_path / "home")
+            assert info is not None
+            assert _delivery_environments(info.pids["lambda"]) == expected
+            subprocess.run([*cli, "down"], env=env, capture_output=True, timeout=60, check=True)
+    finally:
+        stack.down(tmp_path / "home")

@@ -61,10 +61,10 @@ class StackOptions:
 
     #: concurrent delivery environments (the courier fleet; Lambda's reserved concurrency)
     fleet: int = 128
-    #: delivery environments started with the stack (Lambda's provisioned concurrency).
-    #: Off by default: with the whole fleet of 256 provisioned, the e2e bench on 2 cores
-    #: took 25.2-26.2 s in 15 of 20 runs but 27.8-36.2 s in the other 5 (the publisher
-    #: slowed while 256 deliveries ran); on demand, 26.1-26.7 s in 10 of 11, one 30.0 s.
+    #: delivery environments started with the stack (Lambda's provisioned concurrency;
+    #: `--warm` provisions the whole fleet). Off by default, so that a small file does not
+    #: cost a fleet of processes; a warm fleet saves the ramp-up (e2e bench, 10,000 orders,
+    #: fleet 256: 25.1-25.9 s warm in 18 runs, 25.8-26.6 s on demand in 6).
     provisioned: int = 0
     #: multiplies the delivery delays (1.0 = the lab's 2-10 s)
     time_scale: float = 1.0
