@@ -22,6 +22,7 @@ from courierflow.ledger.base import open_ledger
 from courierflow.local import runner, stack
 from courierflow.local.lambda_service import cli as lambda_cli
 from courierflow.logs import setup_logging
+from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS
 from courierflow.orders import OrderState
 from courierflow.report.summary import RunSummary
 
@@ -365,8 +366,12 @@ def status(
 
 @app.command()
 def manager(
-    workers: Annotated[int, typer.Option(help="Invoke calls in flight at once.")] = 64,
-    prefetch: Annotated[int, typer.Option(help="Unacked messages the broker hands us.")] = 256,
+    workers: Annotated[
+        int, typer.Option(help="Invoke calls in flight at once.", min=1)
+    ] = DEFAULT_WORKERS,
+    prefetch: Annotated[
+        int, typer.Option(help="Unacked messages the broker hands us.", min=1)
+    ] = DEFAULT_PREFETCH,
 ) -> None:
     """Consume the order queue and invoke `lambda_delivery` once per order (runs on EC2).
 
