@@ -87,9 +87,24 @@ def test_failed_is_never_written_over_delivered(ledger: Ledger) -> None:
     ledger.claim_delivery("A", "r1", 30, 1.0)
     ledger.complete_delivery("A", "r1", 2, 1.0, 3.0)
     ledger.mark_failed("A", "late failure report", 4.0)
-    ledger.mark_dispatched(["A"], 5.0)
+    ledger.mark_dispatched({"A": 5.0})
     record = ledger.get_order("A")
     assert record is not None and record.state is OrderState.DELIVERED
+
+
+def test_a_dispatch_recorded_late_keeps_the_state_and_notes_its_time(ledger: Ledger) -> None:
+    """The manager records dispatches in batches, so a fast courier may claim the order
+    first: the order stays delivering, and still shows when Lambda accepted it."""
+    ledger.add_queued(["A", "B"], "s", 0.0)
+    ledger.claim_delivery("A", "r1", 30, 1.2)
+    ledger.mark_dispatched({"A": 1.0, "B": 1.1})
+    a, b = ledger.get_order("A"), ledger.get_order("B")
+    assert a is not None and a.state is OrderState.DELIVERING and a.dispatched_at == 1.0
+    assert b is not None and b.state is OrderState.DISPATCHED and b.dispatched_at == 1.1
+    ledger.mark_dispatched({"A": 9.0, "B": 9.0})  # re-dispatched later (the reconciler)
+    a, b = ledger.get_order("A"), ledger.get_order("B")
+    assert a is not None and a.dispatched_at == 1.0, "a delivering order keeps its first"
+    assert b is not None and b.dispatched_at == 9.0
 
 
 def test_stuck_finds_old_unfinished_orders_only(ledger: Ledger) -> None:

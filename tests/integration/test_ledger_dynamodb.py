@@ -95,7 +95,7 @@ def test_dispatch_never_moves_an_order_backwards_and_stuck_finds_old_ones(
     ledger.add_queued(["a", "b", "c"], SOURCE, now=100.0)
     ledger.add_queued(["z"], "s3://uploads/other.csv", now=100.0)
     ledger.claim_delivery("a", "req", 30, now=101.0)
-    ledger.mark_dispatched(["a", "b"], now=102.0)  # a is delivering: it stays so
+    ledger.mark_dispatched({"a": 102.0, "b": 102.0})  # a is delivering: it stays so
     states = {r.order_id: r.state for r in ledger.orders(SOURCE)}
     assert states == {"a": OrderState.DELIVERING, "b": OrderState.DISPATCHED,
                       "c": OrderState.QUEUED}  # fmt: skip

@@ -8,7 +8,7 @@ embedded default; the DynamoDB backend is what runs on AWS.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -122,9 +122,11 @@ class Ledger(ABC):
         """
 
     @abstractmethod
-    def mark_dispatched(self, order_ids: Sequence[str], now: float) -> None:
-        """The manager handed these orders to Lambda (one write for the batch where the
-        store allows). Never moves an order backwards."""
+    def mark_dispatched(self, dispatched: Mapping[str, float]) -> None:
+        """The manager handed these orders to Lambda, each at its time (one write for the
+        batch where the store allows). Never moves an order backwards; an order whose
+        delivery began before the dispatch was recorded keeps its state and gets its
+        first dispatch time."""
 
     @abstractmethod
     def claim_delivery(

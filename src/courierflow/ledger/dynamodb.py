@@ -9,7 +9,7 @@ next step for millions of orders).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -204,15 +204,21 @@ class DynamoDBLedger(Ledger):
                 fresh.append(order_id)
         return fresh
 
-    def mark_dispatched(self, order_ids: Sequence[str], now: float) -> None:
-        for order_id in order_ids:  # conditional writes cannot be batched
-            self._update(
-                self._order_key(order_id),
+    def mark_dispatched(self, dispatched: Mapping[str, float]) -> None:
+        for order_id, at in dispatched.items():  # conditional writes cannot be batched
+            key = self._order_key(order_id)
+            moved = self._update(
+                key,
                 "SET #s = :dispatched, order_id = :id, dispatched_at = :now, updated_at = :now",
                 f"{NOT_EXISTS} OR #s IN (:queued, :dispatched)",
-                {":dispatched": "dispatched", ":queued": "queued", ":id": order_id, ":now": now},
+                {":dispatched": "dispatched", ":queued": "queued", ":id": order_id, ":now": at},
                 {"#s": "state"},
             )
+            if not moved:  # its delivery began first: keep the state, note the dispatch
+                self._update(
+                    key, "SET dispatched_at = :now", "attribute_not_exists(dispatched_at)",
+                    {":now": at},
+                )  # fmt: skip
 
     def claim_delivery(
         self, order_id: str, request_id: str, lease_s: float, now: float

@@ -21,7 +21,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -71,6 +71,9 @@ _CLAIMABLE = (
     " OR (orders.state = 'delivering' AND orders.claim_expires_at < :now)"
     " OR (orders.state = 'delivering' AND orders.request_id = :rid)"
 )
+
+#: states a dispatch may move an order out of (to dispatched)
+_DISPATCHABLE = "orders.state IN ('queued', 'dispatched')"
 
 _ORDER_COLUMNS = (
     "order_id, state, source, queued_at, dispatched_at, started_at, finished_at, request_id,"
@@ -267,15 +270,17 @@ class SQLiteLedger(Ledger):
                     to_publish.append(order_id)
         return to_publish
 
-    def mark_dispatched(self, order_ids: Sequence[str], now: float) -> None:
+    def mark_dispatched(self, dispatched: Mapping[str, float]) -> None:
         with self._write() as conn:
             conn.executemany(
                 "INSERT INTO orders (order_id, state, dispatched_at, updated_at)"
-                " VALUES (:id, 'dispatched', :now, :now)"
-                " ON CONFLICT (order_id) DO UPDATE SET state = 'dispatched',"
-                " dispatched_at = :now, updated_at = :now"
-                " WHERE orders.state IN ('queued', 'dispatched')",
-                [{"id": order_id, "now": now} for order_id in order_ids],
+                " VALUES (:id, 'dispatched', :at, :at)"
+                " ON CONFLICT (order_id) DO UPDATE SET"
+                f" state = CASE WHEN {_DISPATCHABLE} THEN 'dispatched' ELSE orders.state END,"
+                f" updated_at = CASE WHEN {_DISPATCHABLE} THEN :at ELSE orders.updated_at END,"
+                f" dispatched_at = CASE WHEN {_DISPATCHABLE} OR orders.dispatched_at IS NULL"
+                " THEN :at ELSE orders.dispatched_at END",
+                [{"id": order_id, "at": at} for order_id, at in dispatched.items()],
             )
 
     def claim_delivery(

@@ -46,20 +46,22 @@ class DispatchRecorder:
     A write per order from every invoke thread would make the threads queue for the
     ledger (its file lock) instead of calling Lambda. The record is a convenience (the
     delivery's own claim is what keeps an order from running twice), so the message is
-    acked without waiting for it; ``close`` writes what is still pending.
+    acked without waiting for it; ``close`` writes what is still pending. Each order
+    keeps the time Lambda accepted it, not the time of the write.
     """
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._pending: list[str] = []
+        self._pending: dict[str, float] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="dispatch-recorder", daemon=True)
         self._thread.start()
 
     def add(self, order_id: str) -> None:
+        accepted_at = time.time()
         with self._cond:
-            self._pending.append(order_id)
+            self._pending[order_id] = accepted_at
             if len(self._pending) >= RECORD_BATCH:
                 self._cond.notify()
 
@@ -74,11 +76,11 @@ class DispatchRecorder:
             with self._cond:
                 if not self._closed and len(self._pending) < RECORD_BATCH:
                     self._cond.wait(RECORD_EVERY_S)
-                batch, self._pending = self._pending, []
+                batch, self._pending = self._pending, {}
                 closed = self._closed
             if batch:
                 try:
-                    self.ledger.mark_dispatched(batch, time.time())
+                    self.ledger.mark_dispatched(batch)
                 except Exception:
                     log.exception("could not record %d dispatches", len(batch))
             if closed and not self._pending:
