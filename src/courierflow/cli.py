@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import boto3
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -18,7 +19,7 @@ from rich.table import Table
 from courierflow.aws import cli as aws_cli
 from courierflow.config import Settings
 from courierflow.errors import CourierflowError
-from courierflow.ledger.base import open_ledger
+from courierflow.ledger.base import Ledger, open_ledger
 from courierflow.local import runner, stack
 from courierflow.local.lambda_service import cli as lambda_cli
 from courierflow.logs import setup_logging
@@ -75,6 +76,7 @@ ReportHtml = Annotated[
     Path | None,
     typer.Option(help="Where to write report.html [default: COURIERFLOW_HOME/report.html]."),
 ]
+ReportJson = Annotated[Path | None, typer.Option(help="Also write the summary as JSON here.")]
 PlotOpt = Annotated[
     Path | None, typer.Option("--plot", help="Also draw the delivery timeline to this PNG.")
 ]
@@ -161,9 +163,7 @@ def down() -> None:
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(help="CSV file of orders (see README: CSV schema).")],
-    report_json: Annotated[
-        Path | None, typer.Option(help="Also write the summary as JSON here.")
-    ] = None,
+    report_json: ReportJson = None,
     fleet: Fleet = 128,
     warm: Warm = False,
     time_scale: TimeScale = 1.0,
@@ -211,6 +211,11 @@ def run(
         console.print(f"report: {report.absolute().as_uri()}", soft_wrap=True)
         if plot:
             console.print(f"timeline: {plot}", soft_wrap=True)
+    _finish(summary, report_json)
+
+
+def _finish(summary: RunSummary, report_json: Path | None) -> None:
+    """Write the summary as JSON if asked; exit non-zero if an order did not make it."""
     if report_json:
         report_json.parent.mkdir(parents=True, exist_ok=True)
         report_json.write_text(json.dumps(summary.to_json(), indent=2))
@@ -241,6 +246,13 @@ def _upload_and_follow(
     settings = _use_stack_env(info)
     ledger = open_ledger(settings.ledger_url)
     key, etag = runner.upload(info, file)
+    return _follow(ledger, info.bucket, key, etag, stall_timeout, started)
+
+
+def _follow(
+    ledger: Ledger, bucket: str, key: str, etag: str, stall_timeout: float, started: float
+) -> RunSummary:
+    """Follow one uploaded file's orders through the ledger, with progress bars."""
     columns = (
         TextColumn("{task.description:>12}"),
         BarColumn(),
@@ -265,7 +277,7 @@ def _upload_and_follow(
             note = f"in flight {on_road}, failed {c[OrderState.FAILED]}"
             bars.update(tasks["delivered"], completed=delivered, total=total, note=note)
 
-        return runner.follow(ledger, info.bucket, key, etag, started, stall_timeout, show)
+        return runner.follow(ledger, bucket, key, etag, started, stall_timeout, show)
 
 
 #: rejected rows named in the terminal; the rest are in report.html and the rejects file
@@ -309,8 +321,9 @@ def _print_summary(s: RunSummary, rejects: list[tuple[int, str]]) -> None:
             console.print(f"[yellow]rejected[/yellow] {name} line {line}: {reason}", soft_wrap=True)
         if s.rejected > min(len(rejects), SHOWN_REJECTS):
             console.print(f"... {s.rejected - min(len(rejects), SHOWN_REJECTS)} more rejected rows")
+        bucket = s.file.removeprefix("s3://").partition("/")[0]
         console.print(
-            f"rejected rows are listed in s3://{stack.BUCKET}/rejects/ (line, reason, row)",
+            f"rejected rows are listed in s3://{bucket}/rejects/ (line, reason, row)",
             soft_wrap=True,
         )
 
@@ -319,17 +332,47 @@ def _print_summary(s: RunSummary, rejects: list[tuple[int, str]]) -> None:
 def submit(
     file: Annotated[Path, typer.Argument(help="CSV file of orders.")],
     wait: Annotated[bool, typer.Option(help="Follow the orders until they finish.")] = True,
+    aws: Annotated[
+        bool,
+        typer.Option(
+            "--aws", help="Upload to the stack deployed with `courierflow deploy` instead."
+        ),
+    ] = False,
+    stack_name: Annotated[str, typer.Option(help="With --aws: the stack's name.")] = "courierflow",
+    region: Annotated[str, typer.Option(help="With --aws: its region.")] = "us-east-1",
+    stall_timeout: Annotated[
+        float, typer.Option(help="Seconds without progress before remaining orders count lost.")
+    ] = 180.0,
+    report_json: ReportJson = None,
 ) -> None:
-    """Upload FILE to the running local stack (`courierflow up`)."""
-    info = _running_stack(_settings())
-    if wait:
-        summary = _upload_and_follow(info, file, 180.0, time.time())
-        _print_summary(summary, _rejects(summary))
-        if summary.lost or summary.failed:
-            raise typer.Exit(1)
+    """Upload FILE to the running local stack (`courierflow up`), or with --aws to the
+    deployed one, and follow its orders through the ledger until they finish."""
+    if not file.is_file():
+        raise CourierflowError(f"{file}: no such file")
+    started = time.time()
+    if aws:
+        from courierflow.aws.deploy import submit as upload_to_aws
+        from courierflow.ledger.dynamodb import DynamoDBLedger
+
+        uploaded = upload_to_aws(file, stack_name, region)
+        console.print(f"uploaded s3://{uploaded.bucket}/{uploaded.key}", soft_wrap=True)
+        if not wait:
+            return
+        ledger: Ledger = DynamoDBLedger(
+            uploaded.ledger_table, client=boto3.client("dynamodb", region_name=region)
+        )
+        summary = _follow(
+            ledger, uploaded.bucket, uploaded.key, uploaded.etag, stall_timeout, started
+        )
     else:
-        key, _ = runner.upload(info, file)
-        console.print(f"uploaded s3://{info.bucket}/{key}")
+        info = _running_stack(_settings())
+        if not wait:
+            key, _ = runner.upload(info, file)
+            console.print(f"uploaded s3://{info.bucket}/{key}")
+            return
+        summary = _upload_and_follow(info, file, stall_timeout, started)
+    _print_summary(summary, _rejects(summary))
+    _finish(summary, report_json)
 
 
 @app.command()

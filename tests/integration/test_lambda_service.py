@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pika
 import psutil
 import pytest
 from botocore.config import Config
@@ -295,6 +296,49 @@ def test_a_plain_lab_handler_runs_unmodified(service: Service) -> None:
     assert "FunctionError" not in response
     assert body["order_id"] == "ORD-1" and 2 <= body["delay"] <= 10
     assert f"Order ORD-1 delivered in {body['delay']} seconds" in service.log("lambda_delivery")
+
+
+def test_a_module_level_pika_connection_is_opened_by_each_environment(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    """Lab code opens its BlockingConnection at import. Forked from one import, every
+    environment would write to one shared socket; each must get its own, as on AWS."""
+    queue = f"pika-at-import-{os.getpid()}"
+    env_sets = [f"pika.env.AMQP_URL={amqp_url}", f"pika.env.QUEUE={queue}"]
+    svc = start_service(
+        tmp_path,
+        "--function", "pika=pika_at_import:lambda_handler",
+        *[a for s in [*env_sets, "pika.concurrency=3"] for a in ("--set", s)],
+    )  # fmt: skip
+    try:
+        client = svc.client()
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(
+                pool.map(lambda n: invoke(client, "pika", {"order_id": f"P-{n}"}), range(6))
+            )
+    finally:
+        svc.process.stop()
+    assert all("FunctionError" not in response for response, _ in answers), answers
+    ports = [tuple(body["broker_ports"]) for _, body in answers]
+    assert all(len(p) == 1 for p in ports), ports  # one connection per environment
+    assert len(set(ports)) >= 2, ports  # concurrent environments, separate connections
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        got: list[str] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 6 and time.monotonic() < deadline:
+            _, _, body = channel.basic_get(queue, auto_ack=True)
+            if body is None:
+                time.sleep(0.05)
+            else:
+                got.append(json.loads(body)["order_id"])
+        channel.queue_delete(queue)
+    finally:
+        connection.close()
+    assert sorted(got) == [f"P-{n}" for n in range(6)]
+    runtime_log = (tmp_path / "state" / "logs" / "pika.runtime.log").read_text()
+    assert "opened network connections at import" in runtime_log
 
 
 def test_get_and_list_functions(service: Service) -> None:

@@ -74,8 +74,8 @@ def test_broker_secret_is_a_secure_string_generated_once() -> None:
 def test_submit_without_a_deployed_stack_says_so(tmp_path: Path) -> None:
     orders = tmp_path / "orders.csv"
     orders.write_text("order_id\n1\n")
-    with mock_aws(), pytest.raises(DeployError):
-        submit(orders, "courierflow", "us-east-1", say=lambda _: None)
+    with mock_aws(), pytest.raises(DeployError, match="courierflow deploy"):
+        submit(orders, "courierflow", "us-east-1")
 
 
 def test_cli_exposes_deploy_destroy_build_layer_and_aws_check() -> None:

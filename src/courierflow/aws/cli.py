@@ -1,4 +1,6 @@
-"""`courierflow aws check`, `deploy`, `destroy`, `build-layer`: parse and delegate."""
+"""`courierflow aws check`, `deploy`, `destroy`, `build-layer`: parse and delegate.
+
+`courierflow submit FILE --aws` lives with the local submit in the root CLI."""
 
 from __future__ import annotations
 
@@ -32,21 +34,6 @@ def check(region: Region = "us-east-1") -> None:
         raise _fail(exc) from None
     for key, value in report.items():
         typer.echo(f"{key:>8}: {value}")
-
-
-@app.command()
-def submit(
-    file: Annotated[Path, typer.Argument(help="CSV file of orders.", exists=True)],
-    stack_name: Stack = "courierflow",
-    region: Region = "us-east-1",
-) -> None:
-    """Upload FILE to the deployed stack's upload bucket (this triggers the publisher)."""
-    from courierflow.aws.deploy import submit as run_submit
-
-    try:
-        run_submit(file, stack_name, region, say=typer.echo)
-    except CourierflowError as exc:
-        raise _fail(exc) from None
 
 
 def build_layer(

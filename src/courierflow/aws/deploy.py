@@ -330,15 +330,36 @@ def _exists(cfn: Any, stack: str) -> bool:
     return _status(cfn, stack) is not None
 
 
-def submit(file: Path, stack: str, region: str, say: Callable[[str], None] = print) -> str:
-    """Upload an order CSV to the deployed stack's bucket; returns its ``s3://`` URI."""
-    bucket = outputs(stack, region).get("UploadBucketName")
-    if not bucket:
-        raise DeployError(f"stack {stack} has no UploadBucketName output: is it deployed?")
+@dataclass(frozen=True)
+class Upload:
+    """An order file put in the deployed stack's bucket, and where its orders are recorded."""
+
+    bucket: str
+    key: str
+    etag: str
+    ledger_table: str
+
+
+def submit(file: Path, stack: str, region: str) -> Upload:
+    """Upload an order CSV to the deployed stack's bucket (this triggers the publisher).
+
+    Raises:
+        DeployError: the stack is not deployed, or the upload failed.
+    """
+    try:
+        found = outputs(stack, region)
+    except DeployError as exc:
+        raise DeployError(
+            f"no stack {stack} in {region} to upload to ({exc}): deploy it first "
+            "(courierflow deploy)"
+        ) from None
+    bucket, table = found.get("UploadBucketName"), found.get("LedgerTable")
+    if not bucket or not table:
+        raise DeployError(
+            f"stack {stack} in {region} has no UploadBucketName/LedgerTable output: "
+            "deploy it first (courierflow deploy)"
+        )
     s3 = boto3.client("s3", region_name=region)
-    _aws(s3.upload_file, Filename=str(file), Bucket=bucket, Key=file.name)
-    uri = f"s3://{bucket}/{file.name}"
-    say(
-        f"uploaded {uri}; follow it with: aws logs tail /aws/lambda/lambda_order_publisher --follow"
-    )
-    return uri
+    with open(file, "rb") as body:
+        put = _aws(s3.put_object, Bucket=bucket, Key=file.name, Body=body)
+    return Upload(bucket, file.name, put["ETag"].strip('"'), table)

@@ -6,6 +6,8 @@ AWS calls "init"), freezes the heap, and forks an environment each time it reads
 on stdin; forked environments share the imported module's memory until they write to it,
 which is what lets hundreds of them fit. Each environment connects to the service's
 socket, serves one invocation at a time and keeps module state between them (warm).
+A module that opens network connections while imported cannot be shared that way: the
+zygote then pre-imports only its libraries and each environment imports the module.
 
 Everything the handler writes to stdout/stderr (fd 1 and 2, so ``logging`` and C code
 too) goes to a private temporary file, which is read back after each invocation; the
@@ -14,10 +16,12 @@ handler's output costs disk, not memory.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import gc
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -298,6 +302,55 @@ def _error_log(doc: dict[str, Any]) -> str:
     return f"[ERROR] {doc.get('errorType')}: {doc.get('errorMessage')}\n{trace}"
 
 
+def open_sockets() -> set[str]:
+    """The sockets this process holds (``socket:[INODE]`` links in /proc/self/fd)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("socket:"):
+                    found.add(target)
+    return found
+
+
+def reexec_importing_per_environment(sock_path: str, config: dict[str, Any]) -> None:
+    """The handler module connected to something while imported (a module-level
+    ``pika.BlockingConnection``, say). Forked environments would share that one socket,
+    so start this zygote again in the mode where every environment imports the module
+    itself and opens its own connections, as each Lambda environment does."""
+    print(
+        f"[courierflow] {config['handler']} opened network connections at import: each "
+        "environment imports it on its own (its own connections, a slower cold start)",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = dict(config, preload="imports")
+    argv = [sys.executable, "-m", __spec__.name if __spec__ else __name__]
+    os.execv(sys.executable, [*argv, sock_path, json.dumps(config)])
+
+
+def preload_imports(spec: str) -> None:
+    """Import the modules the handler module imports at its top level, without running
+    the module itself, so environments forked afterwards share them."""
+    module_name = spec.partition(":")[0] if ":" in spec else spec.rpartition(".")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+        source = found.loader.get_source(module_name) if found and found.loader else None  # type: ignore[attr-defined]
+        tree = ast.parse(source or "")
+    except Exception:  # the environments will report the import error properly
+        return
+    for node in tree.body:
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+
 def main() -> None:
     """The zygote: import once, then fork an environment per line read on stdin."""
     sock_path, config = sys.argv[1], json.loads(sys.argv[2])
@@ -309,7 +362,16 @@ def main() -> None:
     for path in reversed(config.get("code_dirs") or []):
         sys.path.insert(0, path)
     started = time.perf_counter()
-    handler, init_error = load_handler(config["handler"])
+    if config.get("preload") == "imports":
+        # Each environment runs the module's own code after the fork (its init), as on
+        # AWS; the zygote only holds the libraries it imports, so forking stays cheap.
+        handler, init_error = None, None
+        preload_imports(config["handler"])
+    else:
+        sockets_before = open_sockets()
+        handler, init_error = load_handler(config["handler"])
+        if open_sockets() - sockets_before:
+            reexec_importing_per_environment(sock_path, config)
     init_ms = (time.perf_counter() - started) * 1000
     print(json.dumps({"zygote": os.getpid(), "init_ms": init_ms}), flush=True)
     gc.freeze()  # keep the imported heap shared: the collector won't touch it in children
