@@ -63,6 +63,13 @@ TimeScale = Annotated[
 FailRate = Annotated[
     float, typer.Option(help="Fraction of orders whose delivery fails (fault injection).")
 ]
+DuplicateRate = Annotated[
+    float,
+    typer.Option(
+        help="Fraction of orders the manager invokes twice (fault injection: the claim "
+        "must skip each second attempt; the summary counts them as duplicates)."
+    ),
+]
 TransportOpt = Annotated[
     str, typer.Option("--transport", help="Queue: rabbitmq, or sqs (moto's SQS locally).")
 ]
@@ -106,6 +113,7 @@ def up(
     warm: Warm = False,
     time_scale: TimeScale = 1.0,
     fail_rate: FailRate = 0.0,
+    duplicate_rate: DuplicateRate = 0.0,
     managers: Annotated[int, typer.Option(help="Manager processes consuming the queue.")] = 1,
     transport: TransportOpt = "rabbitmq",
     mode: ModeOpt = "manager",
@@ -121,6 +129,7 @@ def up(
         warm,
         time_scale=time_scale,
         fail_rate=fail_rate,
+        duplicate_rate=duplicate_rate,
         managers=managers,
         transport=transport,
         mode=mode,
@@ -168,6 +177,7 @@ def run(
     warm: Warm = False,
     time_scale: TimeScale = 1.0,
     fail_rate: FailRate = 0.0,
+    duplicate_rate: DuplicateRate = 0.0,
     stall_timeout: Annotated[
         float, typer.Option(help="Seconds without progress before remaining orders count lost.")
     ] = 180.0,
@@ -192,7 +202,7 @@ def run(
     if started_here:
         info = _start_stack(
             settings, fleet, warm, time_scale=time_scale, fail_rate=fail_rate,
-            transport=transport, mode=mode,
+            duplicate_rate=duplicate_rate, transport=transport, mode=mode,
         )  # fmt: skip
     assert info is not None
     try:

@@ -57,6 +57,9 @@ class Settings:
     time_scale: float = 1.0
     #: fraction of deliveries that fail on purpose (fault injection)
     fail_rate: float = 0.0
+    #: fraction of orders the manager hands to Lambda twice (fault injection: the
+    #: duplicate events at-least-once delivery allows)
+    duplicate_rate: float = 0.0
     #: local state folder
     home: Path = Path(DEFAULT_HOME)
     #: name of an SSM SecureString parameter holding the AMQP URL (on AWS)
@@ -91,6 +94,7 @@ class Settings:
             delay_max=_int(env, "COURIERFLOW_DELAY_MAX", 10),
             time_scale=_float(env, "COURIERFLOW_TIME_SCALE", 1.0),
             fail_rate=_float(env, "COURIERFLOW_FAIL_RATE", 0.0),
+            duplicate_rate=_float(env, "COURIERFLOW_DUPLICATE_RATE", 0.0),
             home=home,
             amqp_secret=env.get("COURIERFLOW_AMQP_SECRET", ""),
         )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from courierflow import faults
 from courierflow.config import Settings
 from courierflow.errors import CourierflowError
 from courierflow.ledger.base import ClaimResult, Ledger
@@ -75,5 +75,4 @@ class Courier:
 
     def _injected_failure(self, order_id: str) -> bool:
         """The same orders fail every time, so retries cannot hide the fault."""
-        rate = self.settings.fail_rate
-        return rate > 0 and (zlib.crc32(order_id.encode()) % 10_000) < rate * 10_000
+        return faults.chosen(order_id, self.settings.fail_rate)

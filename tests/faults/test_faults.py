@@ -18,6 +18,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from courierflow import faults
 from courierflow.ledger.base import FileState, open_ledger
 from courierflow.local import stack
 from courierflow.local.processes import RabbitNode
@@ -246,3 +247,37 @@ def test_two_managers_on_one_queue_deliver_each_order_once(
             assert summary.duplicates <= len(ids) // 50, "duplicates beyond at-least-once noise"
         assert_each_delivered_once(info, ids)  # a duplicate invoke is skipped, never delivered
         assert all("consuming" in log for log in logs), "both managers consumed"
+
+
+@both_transports
+def test_injected_duplicate_invokes_are_skipped_and_counted_by_courierflow_run(
+    tmp_path: Path, amqp_url: str, transport: str
+) -> None:
+    """The manager hands a tenth of the orders to Lambda twice; `courierflow run
+    --report-json` must say lost 0 and count exactly those second attempts as duplicates
+    (SQS may add a rare one of its own: it can hand one message to two receivers)."""
+    ids = write_orders(tmp_path / "orders.csv", size(transport, 400))
+    injected = sum(faults.chosen(order_id, 0.1, salt="duplicate") for order_id in ids)
+    out = tmp_path / "report.json"
+    env = {
+        **os.environ,
+        "COURIERFLOW_HOME": str(tmp_path / "home"),
+        "COURIERFLOW_AMQP_URL": amqp_url,
+        "COURIERFLOW_QUEUE": f"orders-dup-{transport}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "courierflow.cli", "run", str(tmp_path / "orders.csv"),
+         "--transport", transport, "--time-scale", "0.02", "--duplicate-rate", "0.1",
+         "--report-json", str(out)],
+        env=env, capture_output=True, text=True, timeout=250,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert injected > 10
+    assert (figures["delivered"], figures["lost"], figures["failed"]) == (len(ids), 0, 0)
+    if transport == "rabbitmq":
+        assert figures["duplicates"] == injected
+    else:
+        assert injected <= figures["duplicates"] <= injected + len(ids) // 50
+    manager_log = (tmp_path / "home" / "logs" / "manager-0.log").read_text()
+    assert manager_log.count("injected duplicate invoke") == injected

@@ -71,6 +71,8 @@ class StackOptions:
     delay_min: int = 2
     delay_max: int = 10
     fail_rate: float = 0.0
+    #: fraction of orders the manager invokes twice (fault injection)
+    duplicate_rate: float = 0.0
     #: Lambda's async retry delays, in seconds (AWS: about 1 and 2 minutes)
     retry_delays: str = "1,2"
     #: seconds between reconciler passes, and how old a stuck order must be
@@ -305,6 +307,7 @@ def _function_env(options: StackOptions) -> dict[str, str]:
         "COURIERFLOW_DELAY_MIN": str(options.delay_min),
         "COURIERFLOW_DELAY_MAX": str(options.delay_max),
         "COURIERFLOW_FAIL_RATE": str(options.fail_rate),
+        "COURIERFLOW_DUPLICATE_RATE": str(options.duplicate_rate),
     }
 
 

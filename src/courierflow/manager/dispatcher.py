@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from courierflow import faults
 from courierflow.errors import InvokeError
 from courierflow.ledger.base import Ledger
 from courierflow.manager.invoker import EventInvoker
@@ -93,6 +94,8 @@ class DispatchStats:
 
     dispatched: int = 0
     dead_lettered: int = 0
+    #: second invokes sent on purpose (``duplicate_rate``)
+    duplicates_injected: int = 0
     invoke_retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,6 +116,7 @@ class Dispatcher:
         workers: int = DEFAULT_WORKERS,
         prefetch: int = DEFAULT_PREFETCH,
         sleep: Callable[[float], None] = time.sleep,
+        duplicate_rate: float = 0.0,
     ) -> None:
         self.transport = transport
         self.invoker = invoker
@@ -121,6 +125,7 @@ class Dispatcher:
         self.workers = workers
         self.prefetch = prefetch
         self.sleep = sleep
+        self.duplicate_rate = duplicate_rate
         self.stats = DispatchStats()
         self.stop_event = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="invoke")
@@ -135,9 +140,10 @@ class Dispatcher:
             self._pool.shutdown(wait=True)
             self._recorder.close()
             log.info(
-                "manager stopped: %d dispatched, %d dead-lettered",
+                "manager stopped: %d dispatched, %d dead-lettered, %d duplicates injected",
                 self.stats.dispatched,
                 self.stats.dead_lettered,
+                self.stats.duplicates_injected,
             )
 
     def stop(self) -> None:
@@ -179,9 +185,23 @@ class Dispatcher:
 
     def _handed_on(self, order: Order, delivery: Delivery) -> None:
         """Lambda accepted the event: ack the message, record the dispatch soon after."""
+        if faults.chosen(order.order_id, self.duplicate_rate, salt="duplicate"):
+            self._invoke_again(order)
         self._recorder.add(order.order_id)
         delivery.ack()
         self.stats.add("dispatched")
+
+    def _invoke_again(self, order: Order) -> None:
+        """Fault injection: the same event a second time, as at-least-once allows."""
+        try:
+            self.invoker.invoke_event(self.function_name, order.to_json())
+        except InvokeError as exc:
+            log.warning(
+                "injected duplicate invoke failed: %s", exc, extra={"order_id": order.order_id}
+            )
+            return
+        log.info("injected duplicate invoke", extra={"order_id": order.order_id})
+        self.stats.add("duplicates_injected")
 
     def _dead_letter(self, order: Order, delivery: Delivery, reason: str) -> None:
         log.error("dead-lettered: %s", reason, extra={"order_id": order.order_id})

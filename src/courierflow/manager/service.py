@@ -29,6 +29,7 @@ def build_dispatcher(
         function_name=settings.delivery_function,
         workers=workers,
         prefetch=prefetch,
+        duplicate_rate=settings.duplicate_rate,
     )
 
 
