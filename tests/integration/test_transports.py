@@ -125,3 +125,50 @@ def test_refused_credentials_give_a_clear_error(rabbitmq: object, amqp_url: str)
         bad.publish(messages(1))
     with pytest.raises(TransportError, match="refused the credentials"):
         bad.depth()
+
+
+@pytest.fixture
+def fifo(moto_server: str) -> SQSTransport:
+    client = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    return SQSTransport(f"sqs://test-{uuid.uuid4().hex[:8]}.fifo", client=client, wait_time_s=1)
+
+
+def consume_unique(transport: Transport, wanted: set[bytes]) -> set[bytes]:
+    """Consume (and ack) until every wanted body was seen once, or 30 s passed."""
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def on_message(d: Delivery) -> None:
+        seen.add(d.body)
+        d.ack()
+        if wanted <= seen:
+            stop.set()
+
+    timer = threading.Timer(30, stop.set)
+    timer.start()
+    transport.consume(on_message, prefetch=100, stop=stop)
+    timer.cancel()
+    return seen
+
+
+def test_sqs_fifo_publishing_is_deduplicated_by_order(fifo: SQSTransport) -> None:
+    assert fifo.publish(messages(20)) == 20
+    assert fifo.publish(messages(20)) == 20  # SQS accepts the repeat and drops it
+    assert fifo.depth() == 20
+    wanted = {f'{{"order_id":"O-{i}"}}'.encode() for i in range(20)}
+    assert consume_unique(fifo, wanted) == wanted
+
+
+def test_sqs_fifo_dead_letters_are_replayed_despite_deduplication(fifo: SQSTransport) -> None:
+    """A replay within FIFO's 5-minute deduplication window must not be dropped as a
+    repeat of the original message."""
+    fifo.publish(messages(2))
+    consume(fifo, 2, settle="dead-letter")
+    assert sorted(letter.order_id for letter in fifo.dead_letters()) == ["O-0", "O-1"]
+    assert fifo.replay_dead_letters("O-1") == 1
+    url, _ = fifo._urls()
+    got = fifo._client.receive_message(QueueUrl=url, AttributeNames=["MessageDeduplicationId"])
+    (replayed,) = got["Messages"]
+    original = fifo._entry(0, messages(2)[1])["MessageDeduplicationId"]
+    assert replayed["Body"] == '{"order_id":"O-1"}'
+    assert replayed["Attributes"]["MessageDeduplicationId"] != original

@@ -371,7 +371,10 @@ class SQSTransport(Transport):
                 if order_id is not None and this_id != order_id:
                     skipped.append(message["ReceiptHandle"])
                     continue
-                out = OutgoingMessage(message["Body"].encode(), this_id, f"order:{this_id}")
+                # A new deduplication id: FIFO queues drop a repeat of the original's
+                # for 5 minutes, even after it was deleted.
+                replay_id = f"order:{this_id}:replay:{message['MessageId']}"
+                out = OutgoingMessage(message["Body"].encode(), this_id, replay_id)
                 self._send_batch(url, [out])
                 self._client.delete_message(
                     QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"]
