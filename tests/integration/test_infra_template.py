@@ -59,12 +59,12 @@ class NoManagedPolicies:
         return {}
 
 
-def transformed(parameters: dict[str, str]) -> dict[str, Any]:
+def transformed(parameters: dict[str, str], layer_uri: str = LAYER_URI) -> dict[str, Any]:
     """The template after the SAM transform, as CloudFormation would receive it."""
     from samtranslator.translator.transform import transform
 
     template = copy.deepcopy(load_template())
-    template["Resources"]["DependencyLayer"]["Properties"]["ContentUri"] = LAYER_URI
+    template["Resources"]["DependencyLayer"]["Properties"]["ContentUri"] = layer_uri
     result: dict[str, Any] = transform(template, parameters, NoManagedPolicies())
     return result
 
@@ -319,3 +319,93 @@ def test_the_bucket_notification_and_on_failure_destination_are_in_the_transform
     on_failure = config["Properties"]["DestinationConfig"]["OnFailure"]
     assert on_failure["Destination"] == {"Fn::GetAtt": ["DeliveryFailures", "Arn"]}
     assert config["Properties"]["MaximumRetryAttempts"] == 2
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse AWS.Lambda.EventInvokeConfig")
+def test_one_command_deploy_on_moto_uploads_stores_the_secret_and_applies_a_change_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`courierflow deploy`'s own path on moto: artifacts bucket and uploads, the broker
+    secret, a change set created, executed and followed; a second deploy updates the
+    stack and keeps the broker's password. Moto's CloudFormation does not run the SAM
+    transform, so it gets the template the transform makes (what CloudFormation would
+    run); the layer is a stub zip (its build is tested on its own)."""
+    import boto3
+    from moto import mock_aws
+
+    from courierflow.aws import deploy as deployer
+
+    bucket = "courierflow-artifacts-123456789012-us-east-1"
+    options = deployer.DeployOptions()
+
+    def transformed_body(layer_uri: str) -> str:
+        assert layer_uri == f"s3://{bucket}/courierflow/layer_contents.zip"
+        template = transformed(template_parameters(options, bucket), layer_uri)
+        template["Parameters"]["DebianAmi"] = {"Type": "String", "Default": "ami-12c6146b"}
+        return json.dumps(template)
+
+    def stub_layer(out: Path, python_version: str = "3.11") -> Path:
+        out.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip
+        return out
+
+    monkeypatch.setattr(deployer, "template_body", transformed_body)
+    monkeypatch.setattr(deployer, "build_layer", stub_layer)
+    monkeypatch.setattr(deployer, "POLL_S", 0.1)
+    said: list[str] = []
+    with mock_aws():
+        deployer.deploy(options, say=said.append)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert {"courierflow/layer_contents.zip", "courierflow/bootstrap.sh",
+                "courierflow/courierflow-manager.service"} <= keys  # fmt: skip
+        assert any(k.startswith("courierflow/courierflow-") and k.endswith(".whl") for k in keys)
+        cfn = boto3.client("cloudformation", region_name="us-east-1")
+        (stack,) = cfn.describe_stacks(StackName="courierflow")["Stacks"]
+        assert stack["StackStatus"] == "CREATE_COMPLETE"
+        resources = cfn.list_stack_resources(StackName="courierflow")["StackResourceSummaries"]
+        by_name = {r["LogicalResourceId"]: r for r in resources}
+        for name in ("UploadBucket", "PublisherFunction", "DeliveryFunction", "Ledger",
+                     "BrokerInstance"):  # fmt: skip
+            assert by_name[name]["ResourceStatus"] == "CREATE_COMPLETE", name
+        ssm = boto3.client("ssm", region_name="us-east-1")
+        secret = ssm.get_parameter(Name=deployer.PARAMETER, WithDecryption=True)["Parameter"]
+        assert secret["Type"] == "SecureString"
+        assert not any(secret["Value"] in line for line in said), "the password was printed"
+        assert any("(CREATE) created" in line for line in said)
+        assert any("CREATE_COMPLETE" in line for line in said), "stack events were not shown"
+
+        deployer.deploy(options, say=said.append)  # again: an update of the same stack
+        assert any("(UPDATE) created" in line for line in said)
+        assert any("kept" in line for line in said), "the broker's password must be kept"
+        again = ssm.get_parameter(Name=deployer.PARAMETER, WithDecryption=True)["Parameter"]
+        assert again["Value"] == secret["Value"]
+
+
+def test_destroy_empties_the_upload_bucket_deletes_the_stack_and_the_secret() -> None:
+    """On moto, with a stack holding the bucket the real one outputs (moto cannot delete
+    the full template's VPC: it does not order the deletions as CloudFormation does)."""
+    import boto3
+    from moto import mock_aws
+
+    from courierflow.aws import deploy as deployer
+
+    template = {
+        "Resources": {"UploadBucket": {"Type": "AWS::S3::Bucket"}},
+        "Outputs": {"UploadBucketName": {"Value": {"Ref": "UploadBucket"}}},
+    }
+    said: list[str] = []
+    with mock_aws():
+        cfn = boto3.client("cloudformation", region_name="us-east-1")
+        cfn.create_stack(StackName="courierflow", TemplateBody=json.dumps(template))
+        bucket = deployer.outputs("courierflow", "us-east-1")["UploadBucketName"]
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.put_object(Bucket=bucket, Key="orders.csv", Body=b"order_id\nA-1\n")
+        ssm = boto3.client("ssm", region_name="us-east-1")
+        ssm.put_parameter(Name=deployer.PARAMETER, Value="amqp://x:y@h/v", Type="SecureString")
+        deployer.destroy("courierflow", "us-east-1", say=said.append)
+        assert deployer._status(cfn, "courierflow") is None
+        with pytest.raises(ssm.exceptions.ParameterNotFound):
+            ssm.get_parameter(Name=deployer.PARAMETER)
+        deployer.destroy("courierflow", "us-east-1", say=said.append)  # twice: harmless
+    assert f"emptied s3://{bucket}" in said
+    assert said[-1] == "no stack courierflow in us-east-1: nothing to delete"
