@@ -43,8 +43,8 @@ class Service:
         return (self.state_dir / "logs" / f"{name}.log").read_text()
 
 
-def start_service(tmp: Path, *args: str) -> Service:
-    port = free_port()
+def start_service(tmp: Path, *args: str, port: int = 0) -> Service:
+    port = port or free_port()
     argv = [
         sys.executable, "-m", "courierflow.local.lambda_service", "serve",
         "--port", str(port), "--state-dir", str(tmp / "state"), "--code-dir", str(HANDLERS),
@@ -424,5 +424,47 @@ def test_sqs_event_source_mapping_deletes_successes_and_keeps_reported_failures(
         log = svc.log("batch")
         for i in (0, 1, 2, 4):
             assert log.count(f"'n': {i}, 'bad': False") == 1, f"message {i} not deleted once"
+    finally:
+        svc.process.stop()
+
+
+def test_the_managers_invoker_is_accepted_and_converts_errors(tmp_path: Path) -> None:
+    """EventInvoker (the manager's lean Invoke client) against the real service: 202 with
+    a request id, many calls at once on few connections; an unknown function and an
+    unreachable service as InvokeError; and keep-alive connections the service dropped
+    are replaced without an error."""
+    import asyncio
+
+    from courierflow.errors import InvokeError
+    from courierflow.manager.invoker import EventInvoker
+
+    svc = start_service(tmp_path, "--function", "echo=samples:echo")
+    invoker = EventInvoker(svc.client(), max_connections=8)
+
+    async def burst(n: int) -> list[str]:
+        calls = [invoker.invoke_event("echo", b'{"order_id": "I-%d"}' % i) for i in range(n)]
+        return await asyncio.gather(*calls)
+
+    async def scenario() -> None:
+        ids = await burst(50)
+        assert len(set(ids)) == 50 and all(len(i) == 36 for i in ids)
+        assert 1 <= len(invoker._idle) <= 8
+        with pytest.raises(InvokeError, match="ResourceNotFoundException"):
+            await invoker.invoke_event("no_such_function", b"{}")
+        port = int(svc.url.rsplit(":", 1)[1])
+        await asyncio.to_thread(svc.process.stop)
+        with pytest.raises(InvokeError, match="cannot reach Lambda"):
+            await burst(3)
+        again = await asyncio.to_thread(
+            start_service, tmp_path / "again", "--function", "echo=samples:echo", port=port
+        )
+        try:
+            assert len(await burst(10)) == 10
+        finally:
+            await asyncio.to_thread(again.process.stop)
+            await invoker.close()
+
+    try:
+        asyncio.run(scenario())
     finally:
         svc.process.stop()

@@ -4,67 +4,236 @@ Lambda's ``Invoke`` with ``InvocationType=Event``.
 boto3's generic pipeline costs about 2 ms of CPU per call (hooks, validation, parsing),
 which caps a Python process at a few hundred invokes per second. This client keeps what
 matters and drops the rest: the endpoint and credentials come from a boto3 client (so
-``AWS_ENDPOINT_URL_LAMBDA``, profiles and instance roles work exactly as in boto3), each
-request is signed with botocore's own SigV4 signer and sent on a pooled, thread-safe
-HTTP connection. Errors are converted here; callers see ``InvokeError``.
+``AWS_ENDPOINT_URL_LAMBDA``, profiles and instance roles work exactly as in boto3); each
+request is signed with Signature Version 4 (the signing key derived once a day, the
+signature checked against botocore's own signer in the tests) and sent on a pooled
+keep-alive connection from an asyncio loop. Errors are converted here; callers see
+``InvokeError``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
+import os
+import ssl
+import time
 from typing import Any
-from urllib.parse import quote
-
-import urllib3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
+from urllib.parse import quote, urlsplit
 
 from courierflow.errors import InvokeError
 
 #: seconds to connect and to wait for Lambda's answer
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
+#: the service name and algorithm in Lambda's signatures
+SERVICE = "lambda"
+ALGORITHM = "AWS4-HMAC-SHA256"
+
+
+def _hmac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+class SigV4Signer:
+    """Signature Version 4 for POST requests without a query string, as botocore's
+    ``SigV4Auth`` signs them (same canonical request, same signed headers)."""
+
+    def __init__(self, region: str, service: str = SERVICE) -> None:
+        self.region = region
+        self.service = service
+        self._keys: dict[tuple[str, str], bytes] = {}
+
+    def _signing_key(self, secret: str, day: str) -> bytes:
+        key = self._keys.get((secret, day))
+        if key is None:
+            key = _hmac(("AWS4" + secret).encode(), day)
+            for part in (self.region, self.service, "aws4_request"):
+                key = _hmac(key, part)
+            self._keys = {(secret, day): key}  # one day's key, for the current secret
+        return key
+
+    def headers(
+        self,
+        host: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        credentials: Any,
+        now: float | None = None,
+    ) -> dict[str, str]:
+        """``headers`` plus Host, X-Amz-Date, the session token and Authorization."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+        day = stamp[:8]
+        signed = {"host": host, "x-amz-date": stamp}
+        signed.update((name.lower(), value) for name, value in headers.items())
+        if credentials.token:
+            signed["x-amz-security-token"] = credentials.token
+        names = sorted(signed)
+        canonical = "\n".join(
+            [
+                "POST",
+                quote(path, safe="/~"),
+                "",
+                "".join(f"{n}:{' '.join(signed[n].split())}\n" for n in names),
+                ";".join(names),
+                hashlib.sha256(body).hexdigest(),
+            ]
+        )
+        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(
+            self._signing_key(credentials.secret_key, day), to_sign.encode(), hashlib.sha256
+        ).hexdigest()
+        out = dict(headers, Host=host)
+        out["X-Amz-Date"] = stamp
+        if credentials.token:
+            out["X-Amz-Security-Token"] = credentials.token
+        out["Authorization"] = (
+            f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+        )
+        return out
 
 
 class EventInvoker:
-    """Asynchronous invocations over a connection pool; safe to share between threads."""
+    """Asynchronous invocations from one asyncio loop, on a pool of keep-alive HTTP/1.1
+    connections (one request at a time on each, as many connections as calls in flight).
 
-    def __init__(self, lambda_client: Any, max_connections: int) -> None:
+    One thread drives every call in flight: waiting for Lambda's answer costs no thread,
+    so 256 calls in flight cost what 1 does, where a thread per call pays for the GIL
+    changing hands at each answer.
+    """
+
+    def __init__(self, lambda_client: Any, max_connections: int = 256) -> None:
         self.endpoint = str(lambda_client.meta.endpoint_url).rstrip("/")
         self.region = str(lambda_client.meta.region_name)
         self._credentials = lambda_client._request_signer._credentials  # as boto3 resolved them
-        self._pool = urllib3.PoolManager(
-            maxsize=max_connections,
-            block=True,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
-            retries=False,
+        parts = urlsplit(self.endpoint)
+        self._tls = (
+            ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+            if parts.scheme == "https"
+            else None
         )
+        self._host = parts.netloc
+        self._address = (parts.hostname or "", parts.port or (443 if self._tls else 80))
+        self._base_path = parts.path.rstrip("/")
+        self._signer = SigV4Signer(self.region)
+        self.max_connections = max_connections
+        self._idle: list[_Connection] = []  # most recently used last (warm ones first)
 
-    def invoke_event(self, function_name: str, payload: bytes) -> str:
+    async def invoke_event(self, function_name: str, payload: bytes) -> str:
         """Hand ``payload`` to Lambda for asynchronous invocation; returns the request id.
 
         Raises:
             InvokeError: Lambda did not answer 202 (the message carries its error code), or
                 the endpoint could not be reached.
         """
-        url = f"{self.endpoint}/2015-03-31/functions/{quote(function_name, safe='')}/invocations"
-        request = AWSRequest(
-            method="POST", url=url, data=payload, headers={"X-Amz-Invocation-Type": "Event"}
+        path = f"{self._base_path}/2015-03-31/functions/{quote(function_name, safe='')}/invocations"
+        headers = self._signer.headers(
+            self._host,
+            path,
+            payload,
+            {"X-Amz-Invocation-Type": "Event"},
+            self._credentials.get_frozen_credentials(),
         )
-        SigV4Auth(self._credentials.get_frozen_credentials(), "lambda", self.region).add_auth(
-            request
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = (
+            f"POST {path} HTTP/1.1\r\n{head}Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
         )
+        status, answer, data = await self._exchange(request)
+        if status == 202:
+            return answer.get("x-amzn-requestid", "")
+        code = answer.get("x-amzn-errortype", "").split(":")[0] or str(status)
         try:
-            response = self._pool.request(
-                "POST", url, body=payload, headers=dict(request.headers.items())
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise InvokeError(f"cannot reach Lambda at {self.endpoint}: {exc}") from None
-        if response.status == 202:
-            return str(response.headers.get("x-amzn-RequestId", ""))
-        code = response.headers.get("x-amzn-ErrorType", "").split(":")[0] or str(response.status)
-        try:
-            message = json.loads(response.data or b"{}").get("message", "")
+            message = json.loads(data or b"{}").get("message", "")
         except ValueError:
-            message = response.data[:200].decode(errors="replace")
+            message = data[:200].decode(errors="replace")
         raise InvokeError(f"{code}: {message}")
+
+    async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send one request and read its answer, on an idle connection or a new one."""
+        for attempt in (1, 2):
+            conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
+                answer = await asyncio.wait_for(conn.exchange(request), READ_TIMEOUT_S)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                if conn is not None:
+                    conn.close()
+                if reused and attempt == 1:  # the server closed an idle keep-alive connection
+                    continue
+                raise InvokeError(f"cannot reach Lambda at {self.endpoint}: {exc!r}") from None
+            if conn.reusable and len(self._idle) < self.max_connections:
+                self._idle.append(conn)
+            else:
+                conn.close()
+            return answer
+        raise AssertionError("unreachable")
+
+    async def _open(self) -> _Connection:
+        host, port = self._address
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=self._tls, server_hostname=host if self._tls else None
+        )
+        return _Connection(reader, writer)
+
+    async def close(self) -> None:
+        """Close the idle connections."""
+        while self._idle:
+            self._idle.pop().close()
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: a request, then its whole answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.reusable = True
+
+    async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(request)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await self._chunked()
+        elif status in (204, 304) or 100 <= status < 200:
+            body = b""
+        else:  # the body runs to the end of the connection
+            body = await self.reader.read()
+            self.reusable = False
+        if headers.get("connection", "").lower() == "close":
+            self.reusable = False
+        return status, headers, body
+
+    async def _chunked(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int((await self.reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                while (await self.reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
+
+    def close(self) -> None:
+        self.reusable = False
+        self.writer.close()
