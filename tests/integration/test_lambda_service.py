@@ -468,3 +468,29 @@ def test_the_managers_invoker_is_accepted_and_converts_errors(tmp_path: Path) ->
         asyncio.run(scenario())
     finally:
         svc.process.stop()
+
+
+def test_the_managers_invoker_goes_through_boto3_when_a_proxy_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP(S)_PROXY set for the endpoint, calls go through boto3, which speaks to
+    proxies: here a proxy that is down, so the call fails as unreachable; NO_PROXY for
+    the service's host sends it straight to the service again."""
+    import asyncio
+
+    from courierflow.errors import InvokeError
+    from courierflow.manager.invoker import EventInvoker
+
+    svc = start_service(tmp_path, "--function", "echo=samples:echo")
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        proxied = EventInvoker(svc.client())
+        with pytest.raises(InvokeError, match="cannot reach Lambda"):
+            asyncio.run(proxied.invoke_event("echo", b"{}"))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = EventInvoker(svc.client())
+        assert len(asyncio.run(direct.invoke_event("echo", b'{"order_id": "P-1"}'))) == 36
+    finally:
+        svc.process.stop()

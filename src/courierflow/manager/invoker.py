@@ -7,8 +7,9 @@ matters and drops the rest: the endpoint and credentials come from a boto3 clien
 ``AWS_ENDPOINT_URL_LAMBDA``, profiles and instance roles work exactly as in boto3); each
 request is signed with Signature Version 4 (the signing key derived once a day, the
 signature checked against botocore's own signer in the tests) and sent on a pooled
-keep-alive connection from an asyncio loop. Errors are converted here; callers see
-``InvokeError``.
+keep-alive connection from an asyncio loop. When the proxy variables route the endpoint
+through a proxy, calls go through boto3 itself, which speaks to proxies. Errors are
+converted here; callers see ``InvokeError``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import json
 import os
 import ssl
 import time
+import urllib.request
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from courierflow.errors import InvokeError
 
@@ -123,6 +127,9 @@ class EventInvoker:
         self._signer = SigV4Signer(self.region)
         self.max_connections = max_connections
         self._idle: list[_Connection] = []  # most recently used last (warm ones first)
+        #: through a proxy (HTTPS_PROXY and friends, as boto3 reads them) every call goes
+        #: through boto3 itself: slower, but it speaks to proxies
+        self._proxied_client = lambda_client if _proxied(parts.scheme, parts.hostname) else None
 
     async def invoke_event(self, function_name: str, payload: bytes) -> str:
         """Hand ``payload`` to Lambda for asynchronous invocation; returns the request id.
@@ -131,6 +138,8 @@ class EventInvoker:
             InvokeError: Lambda did not answer 202 (the message carries its error code), or
                 the endpoint could not be reached.
         """
+        if self._proxied_client is not None:
+            return await asyncio.to_thread(self._invoke_with_boto3, function_name, payload)
         path = f"{self._base_path}/2015-03-31/functions/{quote(function_name, safe='')}/invocations"
         headers = self._signer.headers(
             self._host,
@@ -153,6 +162,18 @@ class EventInvoker:
         except ValueError:
             message = data[:200].decode(errors="replace")
         raise InvokeError(f"{code}: {message}")
+
+    def _invoke_with_boto3(self, function_name: str, payload: bytes) -> str:
+        try:
+            answer = self._proxied_client.invoke(  # type: ignore[union-attr]
+                FunctionName=function_name, InvocationType="Event", Payload=payload
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise InvokeError(f"{error.get('Code')}: {error.get('Message')}") from None
+        except BotoCoreError as exc:
+            raise InvokeError(f"cannot reach Lambda at {self.endpoint}: {exc}") from None
+        return str(answer.get("ResponseMetadata", {}).get("RequestId", ""))
 
     async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
         """Send one request and read its answer, on an idle connection or a new one."""
@@ -189,6 +210,12 @@ class EventInvoker:
             self._idle.pop().close()
 
 
+def _proxied(scheme: str, host: str | None) -> bool:
+    """Whether the proxy variables send requests to this host through a proxy."""
+    proxies = urllib.request.getproxies()
+    return bool(host) and scheme in proxies and not urllib.request.proxy_bypass(host or "")
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection: a request, then its whole answer."""
 
@@ -214,8 +241,8 @@ class _Connection:
             body = await self.reader.readexactly(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
             body = await self._chunked()
-        elif status in (204, 304) or 100 <= status < 200:
-            body = b""
+        elif status in (202, 204, 304) or 100 <= status < 200:
+            body = b""  # 202: Lambda's answer to an Event invoke has no payload
         else:  # the body runs to the end of the connection
             body = await self.reader.read()
             self.reusable = False
