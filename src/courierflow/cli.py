@@ -18,7 +18,7 @@ from rich.table import Table
 
 from courierflow.aws import cli as aws_cli
 from courierflow.config import Settings
-from courierflow.errors import CourierflowError
+from courierflow.errors import ConnectionLost, CourierflowError
 from courierflow.ledger.base import Ledger, open_ledger
 from courierflow.local import runner, stack
 from courierflow.local.lambda_service import cli as lambda_cli
@@ -556,10 +556,18 @@ def dlq_replay(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    # pika logs every failed connection attempt as an ERROR with a traceback; the
+    # commands say it once, in a sentence (services re-enable it with setup_logging)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         app()
     except CourierflowError as exc:
         console.print(f"[red]error:[/red] {exc}")
+        if isinstance(exc, ConnectionLost):
+            console.print(
+                "is the local stack up? Start it with `courierflow up`, or point "
+                "COURIERFLOW_QUEUE_URL (or COURIERFLOW_AMQP_URL) at your broker."
+            )
         raise SystemExit(2) from None
 
 
