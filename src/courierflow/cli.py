@@ -290,7 +290,8 @@ def _follow(
         return runner.follow(ledger, bucket, key, etag, started, stall_timeout, show)
 
 
-#: rejected rows named in the terminal; the rest are in report.html and the rejects file
+#: rejected rows, failed and lost orders named in the terminal (each); the rest are in
+#: report.html, the rejects file and `courierflow status`
 SHOWN_REJECTS = 20
 
 
@@ -325,6 +326,16 @@ def _print_summary(s: RunSummary, rejects: list[tuple[int, str]]) -> None:
         console.print(f"[red]file refused:[/red] {s.refused}")
     if s.note:
         console.print(f"[yellow]note:[/yellow] {s.note}")
+    for order_id, reason in s.failures[:SHOWN_REJECTS]:
+        console.print(f"[red]failed[/red] {order_id}: {reason}", soft_wrap=True)
+    if len(s.failures) > SHOWN_REJECTS:
+        console.print(
+            f"... {len(s.failures) - SHOWN_REJECTS} more failed orders (courierflow status)"
+        )
+    if s.lost_orders:
+        shown = ", ".join(s.lost_orders[:SHOWN_REJECTS])
+        more = f" and {len(s.lost_orders) - SHOWN_REJECTS} more" if s.lost > SHOWN_REJECTS else ""
+        console.print(f"[red]not finished (lost)[/red]: {shown}{more}", soft_wrap=True)
     if s.rejected:
         name = s.file.rpartition("/")[2]
         for line, reason in rejects[:SHOWN_REJECTS]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from courierflow import faults
 from courierflow.ledger.base import open_ledger
 from courierflow.local import stack
 from courierflow.orders import OrderState
@@ -172,3 +173,30 @@ def test_up_warm_starts_the_whole_fleet_before_any_order(tmp_path: Path, amqp_ur
             subprocess.run([*cli, "down"], env=env, capture_output=True, timeout=60, check=True)
     finally:
         stack.down(tmp_path / "home")
+
+
+def test_courierflow_run_names_failed_orders_and_exits_non_zero(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    ids = write_orders(tmp_path / "orders.csv", 40)
+    failing = sorted(i for i in ids if faults.chosen(i, 0.2))
+    env = {
+        **os.environ,
+        "COURIERFLOW_HOME": str(tmp_path / "home"),
+        "COURIERFLOW_AMQP_URL": amqp_url,
+        "COURIERFLOW_QUEUE": "orders-failing",
+    }
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "courierflow.cli", "run", str(tmp_path / "orders.csv"),
+         "--time-scale", "0.01", "--fail-rate", "0.2", "--report-json", str(out)],
+        env=env, capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert failing and (figures["failed"], figures["lost"]) == (len(failing), 0)
+    assert figures["delivered"] == len(ids) - len(failing)
+    said = " ".join(result.stderr.split())
+    for order_id in failing:  # named with Lambda's reason, after its retries
+        assert f"failed {order_id}: order {order_id}: injected failure" in said
+    assert said.count("(after 3 attempts)") == len(failing)

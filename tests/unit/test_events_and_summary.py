@@ -95,3 +95,5 @@ def test_summary_counts_unfinished_orders_as_lost() -> None:
     summary = summarize(None, records, started_at=0.0)
     assert (summary.delivered, summary.failed, summary.lost, summary.duplicates) == (1, 1, 1, 2)
     assert summary.makespan_s == 4.0
+    assert summary.failures == [("b", "x")] and summary.lost_orders == ["c"]
+    assert summary.to_json()["failures"] == [("b", "x")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from courierflow.ledger.base import FileRecord, OrderRecord
@@ -29,6 +29,10 @@ class RunSummary:
     refused: str = ""
     #: set when the upload repeated content already processed (nothing published again)
     note: str = ""
+    #: (order id, reason) of every failed order
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    #: ids of the orders that did not finish (the ``lost`` ones)
+    lost_orders: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +70,8 @@ def summarize(
         delivered=len(delivered),
         failed=failed,
         lost=sum(1 for r in records if not r.state.is_final),
+        failures=[(r.order_id, r.reason) for r in records if r.state is OrderState.FAILED],
+        lost_orders=[r.order_id for r in records if not r.state.is_final],
         duplicates=sum(r.duplicates for r in records),
         makespan_s=round(makespan, 3),
         peak_concurrency=peak_concurrency(records),
