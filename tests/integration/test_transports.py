@@ -64,11 +64,28 @@ def consume(transport: Transport, n: int, settle: str = "ack") -> list[Delivery]
 
 
 def test_every_published_message_is_confirmed_and_consumed_once(transport: Transport) -> None:
+    """Each message reaches the consumer; RabbitMQ hands each to it once. SQS is
+    at-least-once (moto's server, with several receivers, now and then hands one message
+    out twice), so there a rare repeat is allowed; the delivery's claim skips it."""
     assert transport.publish(messages(200)) == 200
     assert transport.depth() == 200
-    got = consume(transport, 200)
-    ids = [d.body for d in got]
-    assert len(ids) == 200 and len(set(ids)) == 200
+    wanted = {f'{{"order_id":"O-{i}"}}'.encode() for i in range(200)}
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def on_message(d: Delivery) -> None:
+        seen.append(d.body)
+        d.ack()
+        if wanted <= set(seen):
+            stop.set()
+
+    timer = threading.Timer(30, stop.set)
+    timer.start()
+    transport.consume(on_message, prefetch=100, stop=stop)
+    timer.cancel()
+    assert set(seen) == wanted
+    repeats = len(seen) - len(wanted)
+    assert repeats == 0 if isinstance(transport, RabbitMQTransport) else repeats <= 4
     # acks are applied asynchronously by the broker (quorum queues commit them via Raft)
     deadline = time.monotonic() + 10
     while transport.depth() and time.monotonic() < deadline:
