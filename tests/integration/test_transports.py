@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import boto3
 import pika
@@ -46,21 +47,45 @@ def messages(n: int, prefix: str = "O") -> list[OutgoingMessage]:
     ]
 
 
-def consume(transport: Transport, n: int, settle: str = "ack") -> list[Delivery]:
-    got: list[Delivery] = []
+def _drain(transport: Transport, handle: Callable[[Delivery], bool]) -> None:
+    """Consume until ``handle`` (called for every delivery) says stop, or 30 s passed."""
     stop = threading.Event()
 
     def on_message(d: Delivery) -> None:
-        got.append(d)
-        d.ack() if settle == "ack" else d.reject(requeue=settle == "requeue")
-        if len(got) >= n:
+        if handle(d):
             stop.set()
 
     timer = threading.Timer(30, stop.set)
     timer.start()
     transport.consume(on_message, prefetch=100, stop=stop)
     timer.cancel()
+
+
+def consume(transport: Transport, n: int, settle: str = "ack") -> list[Delivery]:
+    got: list[Delivery] = []
+
+    def handle(d: Delivery) -> bool:
+        got.append(d)
+        d.ack() if settle == "ack" else d.reject(requeue=settle == "requeue")
+        return len(got) >= n
+
+    _drain(transport, handle)
     return got
+
+
+def consume_until_seen(transport: Transport, wanted: set[bytes]) -> list[bytes]:
+    """Ack every body until each wanted one was seen; returns them all, repeats included."""
+    bodies: list[bytes] = []
+    missing = set(wanted)
+
+    def handle(d: Delivery) -> bool:
+        bodies.append(d.body)
+        missing.discard(d.body)
+        d.ack()
+        return not missing
+
+    _drain(transport, handle)
+    return bodies
 
 
 def test_every_published_message_is_confirmed_and_consumed_once(transport: Transport) -> None:
@@ -70,19 +95,7 @@ def test_every_published_message_is_confirmed_and_consumed_once(transport: Trans
     assert transport.publish(messages(200)) == 200
     assert transport.depth() == 200
     wanted = {f'{{"order_id":"O-{i}"}}'.encode() for i in range(200)}
-    seen: list[bytes] = []
-    stop = threading.Event()
-
-    def on_message(d: Delivery) -> None:
-        seen.append(d.body)
-        d.ack()
-        if wanted <= set(seen):
-            stop.set()
-
-    timer = threading.Timer(30, stop.set)
-    timer.start()
-    transport.consume(on_message, prefetch=100, stop=stop)
-    timer.cancel()
+    seen = consume_until_seen(transport, wanted)
     assert set(seen) == wanted
     repeats = len(seen) - len(wanted)
     assert repeats == 0 if isinstance(transport, RabbitMQTransport) else repeats <= 4
@@ -150,30 +163,12 @@ def fifo(moto_server: str) -> SQSTransport:
     return SQSTransport(f"sqs://test-{uuid.uuid4().hex[:8]}.fifo", client=client, wait_time_s=1)
 
 
-def consume_unique(transport: Transport, wanted: set[bytes]) -> set[bytes]:
-    """Consume (and ack) until every wanted body was seen once, or 30 s passed."""
-    seen: set[bytes] = set()
-    stop = threading.Event()
-
-    def on_message(d: Delivery) -> None:
-        seen.add(d.body)
-        d.ack()
-        if wanted <= seen:
-            stop.set()
-
-    timer = threading.Timer(30, stop.set)
-    timer.start()
-    transport.consume(on_message, prefetch=100, stop=stop)
-    timer.cancel()
-    return seen
-
-
 def test_sqs_fifo_publishing_is_deduplicated_by_order(fifo: SQSTransport) -> None:
     assert fifo.publish(messages(20)) == 20
     assert fifo.publish(messages(20)) == 20  # SQS accepts the repeat and drops it
     assert fifo.depth() == 20
     wanted = {f'{{"order_id":"O-{i}"}}'.encode() for i in range(20)}
-    assert consume_unique(fifo, wanted) == wanted
+    assert set(consume_until_seen(fifo, wanted)) == wanted
 
 
 def test_sqs_fifo_dead_letters_are_replayed_despite_deduplication(fifo: SQSTransport) -> None:
