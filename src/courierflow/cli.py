@@ -326,27 +326,36 @@ def _print_summary(s: RunSummary, rejects: list[tuple[int, str]]) -> None:
         console.print(f"[red]file refused:[/red] {s.refused}")
     if s.note:
         console.print(f"[yellow]note:[/yellow] {s.note}")
-    for order_id, reason in s.failures[:SHOWN_REJECTS]:
-        console.print(f"[red]failed[/red] {order_id}: {reason}", soft_wrap=True)
-    if len(s.failures) > SHOWN_REJECTS:
-        console.print(
-            f"... {len(s.failures) - SHOWN_REJECTS} more failed orders (courierflow status)"
-        )
+    _print_first(
+        [f"[red]failed[/red] {order_id}: {reason}" for order_id, reason in s.failures],
+        len(s.failures),
+        "failed orders (courierflow status)",
+    )
     if s.lost_orders:
         shown = ", ".join(s.lost_orders[:SHOWN_REJECTS])
-        more = f" and {len(s.lost_orders) - SHOWN_REJECTS} more" if s.lost > SHOWN_REJECTS else ""
+        more = f" and {s.lost - SHOWN_REJECTS} more" if s.lost > SHOWN_REJECTS else ""
         console.print(f"[red]not finished (lost)[/red]: {shown}{more}", soft_wrap=True)
     if s.rejected:
         name = s.file.rpartition("/")[2]
-        for line, reason in rejects[:SHOWN_REJECTS]:
-            console.print(f"[yellow]rejected[/yellow] {name} line {line}: {reason}", soft_wrap=True)
-        if s.rejected > min(len(rejects), SHOWN_REJECTS):
-            console.print(f"... {s.rejected - min(len(rejects), SHOWN_REJECTS)} more rejected rows")
+        _print_first(
+            [f"[yellow]rejected[/yellow] {name} line {line}: {why}" for line, why in rejects],
+            s.rejected,
+            "rejected rows",
+        )
         bucket = s.file.removeprefix("s3://").partition("/")[0]
         console.print(
             f"rejected rows are listed in s3://{bucket}/rejects/ (line, reason, row)",
             soft_wrap=True,
         )
+
+
+def _print_first(lines: list[str], total: int, what: str) -> None:
+    """The first SHOWN_REJECTS of ``lines``, then how many of ``total`` were not shown."""
+    for line in lines[:SHOWN_REJECTS]:
+        console.print(line, soft_wrap=True)
+    shown = min(len(lines), SHOWN_REJECTS)
+    if total > shown:
+        console.print(f"... {total - shown} more {what}")
 
 
 @app.command()
