@@ -3,11 +3,14 @@
 # with generated credentials, and the manager as a systemd service. Idempotent: running it
 # again repairs or upgrades and changes nothing else. The EC2 user data runs it as root.
 #
-# Usage: bootstrap.sh [--no-systemd] [--skip-install] [--skip-rabbitmq] [--help]
+# Usage: bootstrap.sh [--no-systemd] [--skip-install] [--skip-rabbitmq] [--nat CIDR] [--help]
 #   --no-systemd     start RabbitMQ with `rabbitmq-server -detached` and do not enable the
-#                    manager unit (auto-selected when /run/systemd/system is absent)
+#                    manager unit (auto-selected when /run/systemd/system is absent); the
+#                    NAT rules are written but not applied
 #   --skip-install   do not build the courierflow venv (CI checks the broker part only)
 #   --skip-rabbitmq  the SQS transport: no broker here, only the manager
+#   --nat CIDR       forward and masquerade traffic from CIDR (the publisher's subnets reach
+#                    SSM through this instance: the template's PrivateAccess nat-instance)
 #
 # Inputs (environment):
 #   AMQP_URL               amqp://USER:PASSWORD@HOST:PORT/VHOST, or
@@ -15,8 +18,10 @@
 #                          role; also handed to the manager, which reads it itself)
 #   COURIERFLOW_SOURCE     wheel, folder or requirement to pip install (default: courierflow)
 #   COURIERFLOW_ENV        extra KEY=VALUE lines for the manager's environment file
-#   COURIERFLOW_PREFIX     venv folder (default /opt/courierflow)
-#   COURIERFLOW_ETC        env file folder (default /etc/courierflow)
+#   COURIERFLOW_ROOT       a folder that stands for / (default: /; a rehearsal installs
+#                          into a scratch folder); the two below are under it
+#   COURIERFLOW_PREFIX     venv folder (default $COURIERFLOW_ROOT/opt/courierflow)
+#   COURIERFLOW_ETC        env file folder (default $COURIERFLOW_ROOT/etc/courierflow)
 #   RABBITMQ_BIN           folder of rabbitmq-server/rabbitmqctl (default /usr/sbin; a private
 #                          node run as root uses /usr/lib/rabbitmq/bin to keep its HOME)
 #   RABBITMQ_CONFIG_FILE   config file without .conf (default /etc/rabbitmq/rabbitmq)
@@ -35,14 +40,17 @@ STARTUP_TIMEOUT_S=${STARTUP_TIMEOUT_S:-120}
 USE_SYSTEMD=auto
 INSTALL_COURIERFLOW=1
 SETUP_RABBITMQ=1
-for arg in "$@"; do
-  case "$arg" in
+NAT_CIDR=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --no-systemd) USE_SYSTEMD=0 ;;
     --skip-install) INSTALL_COURIERFLOW=0 ;;
     --skip-rabbitmq) SETUP_RABBITMQ=0 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    *) die "unknown argument $arg (see --help)" ;;
+    --nat) shift; NAT_CIDR=${1:-}; [ -n "$NAT_CIDR" ] || die "--nat needs a CIDR" ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
   esac
+  shift
 done
 if [ "$USE_SYSTEMD" = auto ]; then
   if [ -d /run/systemd/system ]; then USE_SYSTEMD=1; else USE_SYSTEMD=0; fi
@@ -51,8 +59,9 @@ fi
 RABBITMQ_BIN=${RABBITMQ_BIN:-/usr/sbin}
 export RABBITMQ_CONFIG_FILE=${RABBITMQ_CONFIG_FILE:-/etc/rabbitmq/rabbitmq}
 MANAGEMENT_PORT=${RABBITMQ_MANAGEMENT_PORT:-15672}
-PREFIX=${COURIERFLOW_PREFIX:-/opt/courierflow}
-ETC=${COURIERFLOW_ETC:-/etc/courierflow}
+ROOT=${COURIERFLOW_ROOT:-}
+PREFIX=${COURIERFLOW_PREFIX:-$ROOT/opt/courierflow}
+ETC=${COURIERFLOW_ETC:-$ROOT/etc/courierflow}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 # run a RabbitMQ CLI tool against our node: rmq TOOL ARGS...
@@ -151,14 +160,22 @@ install_manager() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
   fi
   [ -x "$PREFIX/bin/pip" ] || python3 -m venv "$PREFIX"
-  "$PREFIX/bin/pip" install -q --upgrade "${COURIERFLOW_SOURCE:-courierflow}"
+  local source=${COURIERFLOW_SOURCE:-courierflow}
+  "$PREFIX/bin/pip" install -q --upgrade "$source"
+  if [ -f "$source" ]; then
+    # a rebuilt wheel keeps its version number: pip calls it installed and keeps the old
+    # code, so the package itself (not its dependencies) is installed again
+    "$PREFIX/bin/pip" install -q --force-reinstall --no-deps "$source"
+  fi
 
   install -d -m 0750 "$ETC"
   (
     umask 077
     {
       echo "# written by bootstrap.sh; the manager reads it (systemd EnvironmentFile)"
+      # botocore reads AWS_DEFAULT_REGION, not AWS_REGION, for a client's region
       echo "AWS_REGION=${AWS_REGION:-us-east-1}"
+      echo "AWS_DEFAULT_REGION=${AWS_REGION:-us-east-1}"
       if [ -n "${AMQP_SECRET_PARAMETER:-}" ]; then
         echo "COURIERFLOW_AMQP_SECRET=$AMQP_SECRET_PARAMETER"
       elif [ -n "${AMQP_URL:-}" ]; then
@@ -180,6 +197,36 @@ install_manager() {
   fi
 }
 
+# The publisher in the private subnets reaches SSM through this instance: forward and
+# masquerade what comes from NAT_CIDR (the instance's SourceDestCheck is off for this).
+setup_nat() {
+  local sysctl_conf="$ROOT/etc/sysctl.d/60-courierflow-nat.conf"
+  local nft_conf="$ROOT/etc/courierflow/nat.nft"
+  mkdir -p "$(dirname "$sysctl_conf")" "$(dirname "$nft_conf")"
+  echo "net.ipv4.ip_forward = 1" > "$sysctl_conf"
+  local out
+  out=$(ip -o route show default 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}' | head -1)
+  cat > "$nft_conf" <<NFT
+table ip courierflow_nat
+delete table ip courierflow_nat
+table ip courierflow_nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr $NAT_CIDR oifname "${out:-eth0}" masquerade
+  }
+}
+NFT
+  if [ "$USE_SYSTEMD" = 1 ]; then
+    command -v nft >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+    sysctl -q -p "$sysctl_conf"
+    nft -f "$nft_conf"
+    log "forwarding $NAT_CIDR through ${out:-eth0} (NAT for the publisher)"
+  else
+    log "NAT rules written to $nft_conf and $sysctl_conf; not applied without systemd"
+  fi
+}
+
+if [ -n "$NAT_CIDR" ]; then setup_nat; fi
 if [ "$SETUP_RABBITMQ" = 1 ]; then setup_rabbitmq; fi
 if [ "$INSTALL_COURIERFLOW" = 1 ]; then install_manager; fi
 log "done"

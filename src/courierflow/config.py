@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 #: the broker a fresh RabbitMQ install answers on
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
@@ -23,6 +24,29 @@ DEFAULT_DELIVERY_FUNCTION = "lambda_delivery"
 DEFAULT_REGION = "us-east-1"
 #: the local state folder (ledger, logs, pids), relative to the working directory
 DEFAULT_HOME = ".courierflow"
+
+
+def resolve_region(env: Mapping[str, str] | None = None) -> str:
+    """The AWS region as the SDKs resolve it, with the lab's region only as the last default.
+
+    ``AWS_REGION`` first (what Lambda sets and what the AWS SDKs document), then
+    ``AWS_DEFAULT_REGION`` (what botocore reads), then the profile's ``region`` in the
+    AWS config file, then ``us-east-1``. Every boto3 client courierflow builds gets this
+    region explicitly: older botocore releases read only ``AWS_DEFAULT_REGION`` and the
+    config file, and a client without a region raises ``NoRegionError`` on EC2.
+    """
+    env = os.environ if env is None else env
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    try:
+        import botocore.session
+
+        session = botocore.session.Session(profile=env.get("AWS_PROFILE") or None)
+        configured = session.get_config_variable("region")
+    except Exception:  # a broken or missing config file is no reason to stop
+        configured = None
+    return str(configured) if configured else DEFAULT_REGION
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -64,17 +88,26 @@ class Settings:
     home: Path = Path(DEFAULT_HOME)
     #: name of an SSM SecureString parameter holding the AMQP URL (on AWS)
     amqp_secret: str = ""
+    #: the broker's host, replacing the one in the AMQP URL (on AWS the stored URL is the
+    #: broker instance's own view, and the publisher is told the instance's address)
+    amqp_host: str = ""
 
     def with_secrets(self) -> Settings:
-        """Read the AMQP URL from SSM Parameter Store when ``amqp_secret`` names one.
+        """Read the AMQP URL from SSM Parameter Store when ``amqp_secret`` names one, and
+        point it at ``amqp_host`` when that is set.
 
         Called once at a cold start; credentials never sit in environment variables."""
-        if not self.amqp_secret:
-            return self
-        import boto3
+        url = self.amqp_url
+        if self.amqp_secret:
+            import boto3
 
-        ssm = boto3.client("ssm", region_name=self.region)
-        url = ssm.get_parameter(Name=self.amqp_secret, WithDecryption=True)["Parameter"]["Value"]
+            ssm = boto3.client("ssm", region_name=self.region)
+            found = ssm.get_parameter(Name=self.amqp_secret, WithDecryption=True)
+            url = found["Parameter"]["Value"]
+        if self.amqp_host:
+            url = with_host(url, self.amqp_host)
+        if url == self.amqp_url:
+            return self
         queue_url = url if self.queue_url == self.amqp_url else self.queue_url
         return replace(self, amqp_url=url, queue_url=queue_url)
 
@@ -89,7 +122,7 @@ class Settings:
             queue=env.get("COURIERFLOW_QUEUE") or DEFAULT_QUEUE,
             ledger_url=env.get("COURIERFLOW_LEDGER_URL") or f"sqlite:///{home / 'ledger.db'}",
             delivery_function=env.get("COURIERFLOW_DELIVERY_FUNCTION") or DEFAULT_DELIVERY_FUNCTION,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            region=resolve_region(env),
             delay_min=_int(env, "COURIERFLOW_DELAY_MIN", 2),
             delay_max=_int(env, "COURIERFLOW_DELAY_MAX", 10),
             time_scale=_float(env, "COURIERFLOW_TIME_SCALE", 1.0),
@@ -97,4 +130,14 @@ class Settings:
             duplicate_rate=_float(env, "COURIERFLOW_DUPLICATE_RATE", 0.0),
             home=home,
             amqp_secret=env.get("COURIERFLOW_AMQP_SECRET", ""),
+            amqp_host=env.get("COURIERFLOW_AMQP_HOST", ""),
         )
+
+
+def with_host(url: str, host: str) -> str:
+    """``url`` with its host replaced, credentials, port and path kept."""
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    port = hostport.rpartition(":")[2] if ":" in hostport else ""
+    netloc = (f"{userinfo}@" if userinfo else "") + host + (f":{port}" if port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

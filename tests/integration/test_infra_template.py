@@ -7,8 +7,10 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +104,27 @@ def test_sam_transform_succeeds_for_every_combination(transport: str, mode: str,
     }
     assert set(functions) == {"lambda_order_publisher", "lambda_delivery", "courierflow_reconciler"}
     publisher, delivery = functions["lambda_order_publisher"], functions["lambda_delivery"]
-    assert publisher["Timeout"] == 60
+    assert publisher["Timeout"] == 900  # Lambda's maximum; a longer file resumes on retry
     assert publisher["Handler"] == "courierflow.functions.publisher.lambda_handler"
     assert delivery["Timeout"] == 15
     assert delivery["Handler"] == "courierflow.functions.delivery.lambda_handler"
     assert all(f["Runtime"] == "python3.11" for f in functions.values())
     assert all(f["Layers"] for f in functions.values())
 
-    (invoke_config,) = _of_type(resources, "AWS::Lambda::EventInvokeConfig").values()
-    assert invoke_config["Properties"]["MaximumRetryAttempts"] == 2
-    on_failure = invoke_config["Properties"]["DestinationConfig"]["OnFailure"]
-    assert on_failure["Destination"] == {"Fn::GetAtt": ["DeliveryFailures", "Arn"]}
+    invoke_configs = {
+        r["Properties"]["FunctionName"]["Ref"]: r["Properties"]
+        for r in _of_type(resources, "AWS::Lambda::EventInvokeConfig").values()
+    }
+    # both asynchronously invoked functions keep what fails: S3 invokes the publisher,
+    # the manager the delivery
+    destinations = {"PublisherFunction": "UploadFailures", "DeliveryFunction": "DeliveryFailures"}
+    assert set(invoke_configs) == set(destinations)
+    for function, queue in destinations.items():
+        assert invoke_configs[function]["MaximumRetryAttempts"] == 2
+        on_failure = invoke_configs[function]["DestinationConfig"]["OnFailure"]
+        assert on_failure["Destination"] == {"Fn::GetAtt": [queue, "Arn"]}
+    # the transform resolves the parameter: its default is Lambda's maximum, 6 hours
+    assert invoke_configs["DeliveryFunction"]["MaximumEventAgeInSeconds"] == 21600
 
     (rule,) = _of_type(resources, "AWS::Events::Rule").values()
     assert rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
@@ -234,7 +246,7 @@ def test_transformed_template_deploys_on_moto_with_resources_wired(
             name: awslambda.get_function_configuration(FunctionName=name)
             for name in ("lambda_order_publisher", "lambda_delivery", "courierflow_reconciler")
         }
-        assert functions["lambda_order_publisher"]["Timeout"] == 60
+        assert functions["lambda_order_publisher"]["Timeout"] == 900
         assert functions["lambda_delivery"]["Timeout"] == 15
         for name, config in functions.items():
             env = config["Environment"]["Variables"]
@@ -285,8 +297,9 @@ def test_transformed_template_deploys_on_moto_with_resources_wired(
         assert bool(reservations) == (mode == "manager")
         if mode == "manager":
             (instance,) = reservations[0]["Instances"]
-            assert instance["PrivateIpAddress"] == "10.42.0.10"
             assert out["ManagerInstanceId"] == instance["InstanceId"]
+            if transport == "rabbitmq":  # the publisher is told where the broker is
+                assert publisher_env["COURIERFLOW_AMQP_HOST"] == instance["PrivateIpAddress"]
         if transport == "rabbitmq":
             groups = {g["GroupId"]: g for g in ec2.describe_security_groups()["SecurityGroups"]}
             broker = next(g for g in groups.values() if "RabbitMQ" in g["Description"])
@@ -315,37 +328,48 @@ def test_the_bucket_notification_and_on_failure_destination_are_in_the_transform
     assert target["Event"] == "s3:ObjectCreated:*"
     assert target["Function"] == {"Fn::GetAtt": ["PublisherFunction", "Arn"]}
     assert "PublisherFunctionUploadPermission" in resources["UploadBucket"]["DependsOn"]
-    (config,) = _of_type(resources, "AWS::Lambda::EventInvokeConfig").values()
-    on_failure = config["Properties"]["DestinationConfig"]["OnFailure"]
+    configs = {
+        r["Properties"]["FunctionName"]["Ref"]: r["Properties"]
+        for r in _of_type(resources, "AWS::Lambda::EventInvokeConfig").values()
+    }
+    on_failure = configs["DeliveryFunction"]["DestinationConfig"]["OnFailure"]
     assert on_failure["Destination"] == {"Fn::GetAtt": ["DeliveryFailures", "Arn"]}
-    assert config["Properties"]["MaximumRetryAttempts"] == 2
+    assert configs["DeliveryFunction"]["MaximumRetryAttempts"] == 2
 
 
 @pytest.mark.filterwarnings("ignore:Tried to parse AWS.Lambda.EventInvokeConfig")
 def test_one_command_deploy_on_moto_uploads_stores_the_secret_and_applies_a_change_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`courierflow deploy`'s own path on moto: artifacts bucket and uploads, the broker
-    secret, a change set created, executed and followed; a second deploy updates the
-    stack and keeps the broker's password. Moto's CloudFormation does not run the SAM
-    transform, so it gets the template the transform makes (what CloudFormation would
-    run); the layer is a stub zip (its build is tested on its own)."""
+    """`courierflow deploy`'s own path on moto: artifacts bucket and uploads (the real wheel
+    build), the broker secret, a change set created, executed and followed. A second deploy
+    of the same code changes nothing (a rebuilt wheel has the same content digest); a
+    deploy of new code puts it under new keys, so the stack sees a new layer and new user
+    data. Moto's CloudFormation does not run the SAM transform, so it gets the template
+    the transform makes; the layer is a stub zip whose content the test changes (its
+    build is tested on its own)."""
     import boto3
     from moto import mock_aws
 
     from courierflow.aws import deploy as deployer
+    from tests.support.moto_gaps import layer_version_ref_is_its_arn
 
+    layer_version_ref_is_its_arn()
     bucket = "courierflow-artifacts-123456789012-us-east-1"
     options = deployer.DeployOptions()
+    layer_members = {"python/courierflow/functions/delivery.py": b"# version 1\n"}
+    bodies: list[str] = []
 
     def transformed_body(layer_uri: str) -> str:
-        assert layer_uri == f"s3://{bucket}/courierflow/layer_contents.zip"
         template = transformed(template_parameters(options, bucket), layer_uri)
         template["Parameters"]["DebianAmi"] = {"Type": "String", "Default": "ami-12c6146b"}
-        return json.dumps(template)
+        bodies.append(json.dumps(template))
+        return bodies[-1]
 
     def stub_layer(out: Path, python_version: str = "3.11") -> Path:
-        out.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip
+        with zipfile.ZipFile(out, "w") as archive:
+            for name, data in layer_members.items():
+                archive.writestr(name, data)
         return out
 
     monkeypatch.setattr(deployer, "template_body", transformed_body)
@@ -356,12 +380,17 @@ def test_one_command_deploy_on_moto_uploads_stores_the_secret_and_applies_a_chan
         deployer.deploy(options, say=said.append)
         s3 = boto3.client("s3", region_name="us-east-1")
         keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-        assert {"courierflow/layer_contents.zip", "courierflow/bootstrap.sh",
-                "courierflow/courierflow-manager.service"} <= keys  # fmt: skip
-        assert any(k.startswith("courierflow/courierflow-") and k.endswith(".whl") for k in keys)
+        (layer_key,) = [k for k in keys if k.startswith("courierflow/layer-")]
+        (wheel_key,) = [k for k in keys if k.endswith(".whl")]
+        prefix = wheel_key.rsplit("/", 1)[0] + "/"
+        assert re.fullmatch(r"courierflow/[0-9a-f]{16}/", prefix), prefix
+        assert {prefix + "bootstrap.sh", prefix + "courierflow-manager.service"} <= keys
         cfn = boto3.client("cloudformation", region_name="us-east-1")
         (stack,) = cfn.describe_stacks(StackName="courierflow")["Stacks"]
         assert stack["StackStatus"] == "CREATE_COMPLETE"
+        params = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+        assert params["ArtifactPrefix"] == prefix
+        assert f'"S3Key": "{layer_key}"' in bodies[-1]
         resources = cfn.list_stack_resources(StackName="courierflow")["StackResourceSummaries"]
         by_name = {r["LogicalResourceId"]: r for r in resources}
         for name in ("UploadBucket", "PublisherFunction", "DeliveryFunction", "Ledger",
@@ -374,11 +403,33 @@ def test_one_command_deploy_on_moto_uploads_stores_the_secret_and_applies_a_chan
         assert any("(CREATE) created" in line for line in said)
         assert any("CREATE_COMPLETE" in line for line in said), "stack events were not shown"
 
-        deployer.deploy(options, say=said.append)  # again: an update of the same stack
-        assert any("(UPDATE) created" in line for line in said)
+        (first_layer,) = [r["LogicalResourceId"] for r in resources
+                          if r["ResourceType"] == "AWS::Lambda::LayerVersion"]  # fmt: skip
+        said.clear()
+        deployer.deploy(options, say=said.append)  # the same code, wheel rebuilt
+        assert any("nothing to change" in line for line in said), said
         assert any("kept" in line for line in said), "the broker's password must be kept"
         again = ssm.get_parameter(Name=deployer.PARAMETER, WithDecryption=True)["Parameter"]
         assert again["Value"] == secret["Value"]
+
+        layer_members["python/courierflow/functions/delivery.py"] = b"# version 2\n"
+        said.clear()
+        deployer.deploy(options, say=said.append)  # new code: a new layer key, an update
+        assert any("(UPDATE) created" in line for line in said), said
+        keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+        (new_layer_key,) = {k for k in keys if k.startswith("courierflow/layer-")} - {layer_key}
+        assert f'"S3Key": "{new_layer_key}"' in bodies[-1]
+        (stack,) = cfn.describe_stacks(StackName="courierflow")["Stacks"]
+        assert stack["StackStatus"] == "UPDATE_COMPLETE"
+        # SAM names the layer version after its content URI: a new resource, and every
+        # function that lists it is updated to the new version
+        resources = cfn.list_stack_resources(StackName="courierflow")["StackResourceSummaries"]
+        (layer,) = [r for r in resources if r["ResourceType"] == "AWS::Lambda::LayerVersion"]
+        assert layer["LogicalResourceId"] != first_layer
+        awslambda = boto3.client("lambda", region_name="us-east-1")
+        for name in ("lambda_order_publisher", "lambda_delivery"):
+            (attached,) = awslambda.get_function_configuration(FunctionName=name)["Layers"]
+            assert attached["Arn"] == layer["PhysicalResourceId"]
 
 
 def test_destroy_empties_the_upload_bucket_deletes_the_stack_and_the_secret() -> None:

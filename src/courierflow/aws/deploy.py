@@ -3,13 +3,15 @@ transform), from the same code the local stack runs."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,9 @@ from courierflow.errors import CourierflowError
 ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE = ROOT / "infra" / "template.yaml"
 BOOTSTRAP = ROOT / "infra" / "ec2" / "bootstrap.sh"
-#: the broker's fixed private address in the template's public subnet
-BROKER_IP = "10.42.0.10"
+#: the broker's host in the stored AMQP URL: the manager's own view (it runs beside the
+#: broker); the publisher is given the instance's private address (COURIERFLOW_AMQP_HOST)
+BROKER_HOST = "localhost"
 #: the broker user `deploy` generates a password for
 AMQP_USER = "courierflow"
 #: the broker's virtual host
@@ -35,8 +38,24 @@ PARAMETER = "/courierflow/amqp-url"
 DONE = ("_COMPLETE", "_FAILED")
 #: the layer path in the template, replaced by the uploaded zip's S3 URI
 LOCAL_LAYER = "ContentUri: ../layer_contents.zip"
-#: key prefix of every artifact in the artifacts bucket
+#: key prefix of every artifact in the artifacts bucket; each build goes under a folder
+#: named by the digest of its contents, so new code means new keys and a changed template
+#: (the same key would leave CloudFormation nothing to update)
 ARTIFACT_PREFIX = "courierflow/"
+#: hex digits of the content digest in artifact keys
+DIGEST_CHARS = 16
+#: Lambda's limit on an asynchronous event's age, seconds (invocation-async-configuring)
+MAX_EVENT_AGE_S = 21600
+#: the shortest event age deploy picks: an hour for a failed delivery to surface
+MIN_EVENT_AGE_S = 3600
+#: orders in the file the sizing plans for, and their mean trip (randint(2, 10))
+PLANNED_ORDERS = 10_000
+MEAN_TRIP_S = 6.0
+#: Lambda's default concurrency quota per region
+DEFAULT_CONCURRENCY = 1000
+#: what deploy plans for when the account will not say: a Learner Lab's limit, the
+#: lowest seen, so nothing expires in Lambda's queue
+ASSUMED_CONCURRENCY = 10
 #: seconds between two looks at a stack in progress
 POLL_S = 5.0
 #: stack names become bucket names (lower case, digits, hyphens)
@@ -62,6 +81,8 @@ class DeployOptions:
     key_name: str = ""
     ssh_cidr: str = "127.0.0.1/32"
     instance_type: str = "t3.micro"
+    #: nat-instance (no hourly cost) or endpoints (an SSM interface endpoint)
+    private_access: str = "nat-instance"
 
     def validate(self) -> None:
         """Raises DeployError naming the option when the combination cannot deploy."""
@@ -83,8 +104,26 @@ class DeployOptions:
             )
 
 
+def size_for_concurrency(concurrency: int) -> dict[str, str]:
+    """Template parameters sized from the account's Lambda concurrency.
+
+    With C environments, a file of PLANNED_ORDERS orders drains from Lambda's queue in
+    about PLANNED_ORDERS x MEAN_TRIP_S / C seconds (6,000 s at the 10 of a lab account);
+    events must not expire before their turn, so the maximum event age is four times that,
+    between an hour and Lambda's limit of 6 hours. The reconciler waits that long before it
+    calls a dispatched order stuck: until then Lambda still holds it.
+    """
+    drain_s = PLANNED_ORDERS * MEAN_TRIP_S / max(1, concurrency)
+    age = int(min(MAX_EVENT_AGE_S, max(MIN_EVENT_AGE_S, 4 * drain_s)))
+    return {"DeliveryEventAgeS": str(age)}
+
+
 def template_parameters(
-    options: DeployOptions, artifact_bucket: str, secret_parameter: str = PARAMETER
+    options: DeployOptions,
+    artifact_bucket: str,
+    secret_parameter: str = PARAMETER,
+    artifact_prefix: str = ARTIFACT_PREFIX,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> dict[str, str]:
     """The stack parameters for these options (names as the template declares them)."""
     params = {
@@ -96,9 +135,26 @@ def template_parameters(
         "KeyName": options.key_name,
         "SshCidr": options.ssh_cidr,
         "ArtifactBucket": artifact_bucket,
+        "ArtifactPrefix": artifact_prefix,
         "BrokerSecretParameter": secret_parameter,
+        "PrivateAccess": options.private_access,
+        **size_for_concurrency(concurrency),
     }
     return params
+
+
+def content_digest(paths: Iterable[Path]) -> str:
+    """A digest of what the files hold, not of how they were packed: a zip's members are
+    read by name and bytes (a rebuilt wheel has new timestamps but the same digest)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for name in sorted(archive.namelist()):
+                    digest.update(name.encode() + b"\0" + archive.read(name) + b"\0")
+        else:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def template_body(layer_uri: str) -> str:
@@ -116,12 +172,30 @@ def _aws(call: Callable[..., Any], **kwargs: Any) -> Any:
         raise DeployError(f"{getattr(call, '__name__', 'AWS call')}: {exc}") from None
 
 
+def lambda_concurrency(region: str) -> int | None:
+    """The account's Lambda concurrency (GetAccountSettings: AccountLimit
+    .ConcurrentExecutions; 1,000 by default, lower in new and Learner Lab accounts), or
+    None when the account does not let us read it."""
+    try:
+        settings = boto3.client("lambda", region_name=region).get_account_settings()
+    except (ClientError, BotoCoreError):
+        return None
+    limit = settings.get("AccountLimit", {}).get("ConcurrentExecutions")
+    return int(limit) if limit else None
+
+
 def check(region: str) -> dict[str, str]:
-    """Credentials, region, and whether this account may create IAM roles."""
+    """Credentials, region, Lambda concurrency, and whether this account may create roles."""
     sts = boto3.client("sts", region_name=region)
     identity = _aws(sts.get_caller_identity)
     iam = boto3.client("iam", region_name=region)
     report = {"account": identity["Account"], "arn": identity["Arn"], "region": region}
+    concurrency = lambda_concurrency(region)
+    report["concurrency"] = (
+        str(concurrency) if concurrency else "unknown (GetAccountSettings refused)"
+    )
+    planned = concurrency or ASSUMED_CONCURRENCY
+    report["event_age_s"] = size_for_concurrency(planned)["DeliveryEventAgeS"]
     try:
         iam.get_role(RoleName="LabRole")
         report["lab_role"] = f"arn:aws:iam::{identity['Account']}:role/LabRole"
@@ -156,23 +230,28 @@ def deploy(options: DeployOptions, say: Callable[[str], None] = print) -> dict[s
     s3 = boto3.client("s3", region_name=region)
     bucket = _artifact_bucket(s3, account, region)
     say(f"artifacts go to s3://{bucket}/{ARTIFACT_PREFIX}")
+    concurrency = lambda_concurrency(region)
+    if concurrency is None:
+        concurrency = ASSUMED_CONCURRENCY
+        say(f"Lambda concurrency unknown (GetAccountSettings refused): planning for {concurrency}")
+    else:
+        say(f"Lambda concurrency of this account: {concurrency}")
+    prefix = ARTIFACT_PREFIX
     with tempfile.TemporaryDirectory() as tmp:
         say("building the layer (pika + courierflow for python3.11, x86_64) ...")
         layer = build_layer(Path(tmp) / "layer_contents.zip")
-        layer_key = f"{ARTIFACT_PREFIX}layer_contents.zip"
+        layer_key = f"{ARTIFACT_PREFIX}layer-{content_digest([layer])}.zip"
         _aws(s3.upload_file, Filename=str(layer), Bucket=bucket, Key=layer_key)
         if options.mode == "manager":
-            for path in _manager_artifacts(Path(tmp), say):
-                _aws(
-                    s3.upload_file,
-                    Filename=str(path),
-                    Bucket=bucket,
-                    Key=f"{ARTIFACT_PREFIX}{path.name}",
-                )
+            files = _manager_artifacts(Path(tmp), say)
+            prefix = f"{ARTIFACT_PREFIX}{content_digest(files)}/"
+            for path in files:
+                _aws(s3.upload_file, Filename=str(path), Bucket=bucket, Key=prefix + path.name)
     if options.transport == "rabbitmq":
         store_broker_url(boto3.client("ssm", region_name=region), say)
     body = template_body(f"s3://{bucket}/{layer_key}")
-    return _apply_change_set(options, body, template_parameters(options, bucket), say)
+    params = template_parameters(options, bucket, artifact_prefix=prefix, concurrency=concurrency)
+    return _apply_change_set(options, body, params, say)
 
 
 def _manager_artifacts(tmp: Path, say: Callable[[str], None]) -> list[Path]:
@@ -205,7 +284,7 @@ def store_broker_url(ssm: Any, say: Callable[[str], None] = print) -> str:
         say(f"broker credentials already in SSM {PARAMETER}; kept")
         return PARAMETER
     password = secrets.token_urlsafe(24)
-    url = f"amqp://{AMQP_USER}:{password}@{BROKER_IP}:5672/{AMQP_VHOST}"
+    url = f"amqp://{AMQP_USER}:{password}@{BROKER_HOST}:5672/{AMQP_VHOST}"
     _aws(ssm.put_parameter, Name=PARAMETER, Value=url, Type="SecureString", Overwrite=False)
     say(f"generated broker credentials, stored in SSM {PARAMETER} (SecureString)")
     return PARAMETER

@@ -23,7 +23,7 @@ def build_dispatcher(
     """A dispatcher wired to the services the settings and boto3's endpoints name."""
     lambda_client = boto3.client("lambda", region_name=settings.region)
     return Dispatcher(
-        transport=open_transport(settings.queue_url, settings.queue),
+        transport=open_transport(settings.queue_url, settings.queue, settings.region),
         invoker=EventInvoker(lambda_client, max_connections=workers),
         ledger=open_ledger(settings.ledger_url),
         function_name=settings.delivery_function,

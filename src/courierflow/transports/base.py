@@ -89,12 +89,13 @@ class Transport(ABC):
         """Release connections."""
 
 
-def open_transport(url: str, queue: str) -> Transport:
+def open_transport(url: str, queue: str, region: str | None = None) -> Transport:
     """The transport a queue URL names.
 
     ``amqp://``/``amqps://``: RabbitMQ, with ``queue`` as the queue name.
     ``sqs://NAME`` or an SQS queue URL (``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``,
-    or any ``http(s)://`` endpoint such as moto's): Amazon SQS.
+    or any ``http(s)://`` endpoint such as moto's): Amazon SQS, in ``region`` (default:
+    :func:`courierflow.config.resolve_region`).
     """
     from courierflow.errors import ConfigError
 
@@ -105,7 +106,7 @@ def open_transport(url: str, queue: str) -> Transport:
     if url.startswith(("sqs://", "https://", "http://")):
         from courierflow.transports.sqs import SQSTransport
 
-        return SQSTransport(url)
+        return SQSTransport(url, region=region)
     raise ConfigError(
         f"unknown queue URL {url!r}: use amqp://user:pass@host:5672/vhost for RabbitMQ "
         "or sqs://QUEUE_NAME for SQS (COURIERFLOW_QUEUE_URL)"

@@ -25,6 +25,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from courierflow.config import resolve_region
 from courierflow.errors import PublishError, TransportError
 from courierflow.transports.base import DeadLetter, Delivery, OutgoingMessage, Transport
 
@@ -81,9 +82,17 @@ class _SqsDelivery(Delivery):
 class SQSTransport(Transport):
     """Orders on an SQS queue (standard or FIFO), with a dead-letter queue beside it."""
 
-    def __init__(self, url: str, client: Any = None, wait_time_s: int = WAIT_TIME_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: Any = None,
+        wait_time_s: int = WAIT_TIME_S,
+        region: str | None = None,
+    ) -> None:
         self._client: Any = client or boto3.client(
-            "sqs", config=Config(max_pool_connections=PUBLISH_CONCURRENCY + RECEIVERS + 8)
+            "sqs",
+            region_name=region or resolve_region(),
+            config=Config(max_pool_connections=PUBLISH_CONCURRENCY + RECEIVERS + 8),
         )
         self._spec = url
         self._url = ""
