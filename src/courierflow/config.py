@@ -91,6 +91,14 @@ class Settings:
     #: the broker's host, replacing the one in the AMQP URL (on AWS the stored URL is the
     #: broker instance's own view, and the publisher is told the instance's address)
     amqp_host: str = ""
+    #: the reconciler: a queued order (or one whose claim expired) is stuck after this long
+    stuck_after_s: float = 300.0
+    #: the reconciler: a dispatched order is stuck after this long (None: as above); on
+    #: AWS the delivery function's maximum event age
+    dispatched_stuck_after_s: float | None = None
+    #: the reconciler reads failed deliveries from this queue (Lambda's on-failure
+    #: destination)
+    failure_queue_url: str = ""
 
     def with_secrets(self) -> Settings:
         """Read the AMQP URL from SSM Parameter Store when ``amqp_secret`` names one, and
@@ -131,6 +139,11 @@ class Settings:
             home=home,
             amqp_secret=env.get("COURIERFLOW_AMQP_SECRET", ""),
             amqp_host=env.get("COURIERFLOW_AMQP_HOST", ""),
+            stuck_after_s=_float(env, "COURIERFLOW_STUCK_AFTER_S", 300.0),
+            dispatched_stuck_after_s=(
+                _float(env, "COURIERFLOW_DISPATCHED_STUCK_AFTER_S", 0.0) or None
+            ),
+            failure_queue_url=env.get("COURIERFLOW_FAILURE_QUEUE_URL", ""),
         )
 
 

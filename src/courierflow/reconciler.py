@@ -43,7 +43,14 @@ class Reconciler:
     ledger: Ledger
     lambda_client: Any
     function_name: str
+    #: a queued order, or one whose delivery claim expired, is stuck after this long
     stuck_after_s: float = 60.0
+    #: a dispatched order is stuck after this long (default: ``stuck_after_s``). Lambda
+    #: holds an accepted event in its queue until the function's maximum event age, and
+    #: then hands it to the on-failure destination, which this reads: before that the
+    #: order is waiting its turn (low concurrency), not lost, and a second event for it
+    #: would only take a place in the same queue.
+    dispatched_after_s: float | None = None
     sqs: Any = None
     failure_queue_url: str = ""
     clock: Callable[[], float] = time.time
@@ -54,10 +61,14 @@ class Reconciler:
         if self.sqs is not None and self.failure_queue_url:
             report.failed = self._read_failures()
         now = self.clock()
-        for record in self.ledger.stuck(
-            (OrderState.QUEUED, OrderState.DISPATCHED, OrderState.DELIVERING),
-            now - self.stuck_after_s,
-        ):
+        dispatched_after = (
+            self.stuck_after_s if self.dispatched_after_s is None else self.dispatched_after_s
+        )
+        stuck = self.ledger.stuck(
+            (OrderState.QUEUED, OrderState.DELIVERING), now - self.stuck_after_s
+        )
+        stuck += self.ledger.stuck((OrderState.DISPATCHED,), now - dispatched_after)
+        for record in stuck:
             if record.state is OrderState.DELIVERING and (record.claim_expires_at or 0) > now:
                 continue  # a live attempt holds it
             count = self._redispatches.get(record.order_id, 0) + 1

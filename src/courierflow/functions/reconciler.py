@@ -3,7 +3,6 @@ Deployable as ``courierflow.functions.reconciler.lambda_handler``."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from typing import Any
 
@@ -20,9 +19,10 @@ _reconciler = Reconciler(
     ledger=open_ledger(_settings.ledger_url),
     lambda_client=boto3.client("lambda", region_name=_settings.region),
     function_name=_settings.delivery_function,
-    stuck_after_s=float(os.environ.get("COURIERFLOW_STUCK_AFTER_S", "300")),
+    stuck_after_s=_settings.stuck_after_s,
+    dispatched_after_s=_settings.dispatched_stuck_after_s,
     sqs=boto3.client("sqs", region_name=_settings.region),
-    failure_queue_url=os.environ.get("COURIERFLOW_FAILURE_QUEUE_URL", ""),
+    failure_queue_url=_settings.failure_queue_url,
 )
 
 
