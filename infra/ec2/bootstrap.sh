@@ -176,7 +176,11 @@ install_manager() {
       # botocore reads AWS_DEFAULT_REGION, not AWS_REGION, for a client's region
       echo "AWS_REGION=${AWS_REGION:-us-east-1}"
       echo "AWS_DEFAULT_REGION=${AWS_REGION:-us-east-1}"
-      if [ -n "${AMQP_SECRET_PARAMETER:-}" ]; then
+      # the broker's secret only with a broker: with SQS there is none (deploy stores no
+      # secret), and a manager told to read one would fail at start
+      if [ "$SETUP_RABBITMQ" = 0 ]; then
+        :
+      elif [ -n "${AMQP_SECRET_PARAMETER:-}" ]; then
         echo "COURIERFLOW_AMQP_SECRET=$AMQP_SECRET_PARAMETER"
       elif [ -n "${AMQP_URL:-}" ]; then
         echo "COURIERFLOW_AMQP_URL=$AMQP_URL"

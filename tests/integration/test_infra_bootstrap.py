@@ -3,7 +3,8 @@
 bootstrap.sh starts the node itself (``--no-systemd``: ``rabbitmq-server -detached``) with
 its own name, port, data folder, config file and Erlang cookie, all under tmp_path, so the
 machine's own broker (if any) is never touched. The courierflow venv part is skipped
-(``--skip-install``); it is plain ``python3 -m venv`` + ``pip install``.
+(``--skip-install``): test_instance_rehearsal.py runs it for real, from the template's
+user data, with the real wheel.
 """
 
 from __future__ import annotations
@@ -160,33 +161,6 @@ def test_bootstrap_rejects_unknown_arguments() -> None:
     )
     assert result.returncode == 2
     assert "unknown argument --frobnicate" in result.stderr
-
-
-def test_bootstrap_writes_the_manager_environment_without_the_password_when_ssm_holds_it(
-    tmp_path: Path,
-) -> None:
-    """--skip-rabbitmq (the SQS transport) with a stand-in venv: only the env file is checked."""
-    prefix = tmp_path / "venv"
-    (prefix / "bin").mkdir(parents=True)
-    fake_pip = prefix / "bin" / "pip"
-    fake_pip.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/pip-args\n')
-    fake_pip.chmod(0o755)
-    env = {
-        **os.environ,
-        "AMQP_SECRET_PARAMETER": "/courierflow/amqp-url",
-        "COURIERFLOW_PREFIX": str(prefix),
-        "COURIERFLOW_ETC": str(tmp_path / "etc"),
-        "COURIERFLOW_SOURCE": "/root/courierflow-0.1.0-py3-none-any.whl",
-        "COURIERFLOW_ENV": "COURIERFLOW_LEDGER_URL=dynamodb://ledger\nCOURIERFLOW_QUEUE=orders",
-        "AWS_REGION": "us-east-1",
-    }
-    run_bootstrap(env, "--no-systemd", "--skip-rabbitmq")
-    written = (tmp_path / "etc" / "manager.env").read_text()
-    assert "COURIERFLOW_AMQP_SECRET=/courierflow/amqp-url" in written
-    assert "COURIERFLOW_LEDGER_URL=dynamodb://ledger" in written
-    assert "amqp://" not in written
-    assert oct((tmp_path / "etc" / "manager.env").stat().st_mode & 0o777) == "0o600"
-    assert "courierflow-0.1.0-py3-none-any.whl" in (tmp_path / "pip-args").read_text()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
