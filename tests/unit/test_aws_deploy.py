@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
         (DeployOptions(transport="kafka"), "--transport"),
         (DeployOptions(mode="serverless", transport="rabbitmq"), "needs --transport sqs"),
         (DeployOptions(stack_name="Courier_Flow"), "--stack-name"),
+        (DeployOptions(private_access="nat-gateway"), "--private-access"),
         (DeployOptions(role_arn="arn:aws:iam::1:role/LabRole"), "--instance-profile"),
     ],
 )
@@ -100,3 +101,14 @@ def test_cli_deploy_refuses_serverless_rabbitmq_with_a_message() -> None:
     result = CliRunner().invoke(app, ["deploy", "--mode", "serverless"])
     assert result.exit_code == 1
     assert "needs --transport sqs" in result.output
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "age"), [(10, 21600), (100, 3600), (1000, 3600), (25, 9600)]
+)
+def test_the_event_age_covers_a_files_drain_time_at_the_accounts_concurrency(
+    concurrency: int, age: int
+) -> None:
+    from courierflow.aws.deploy import size_for_concurrency
+
+    assert size_for_concurrency(concurrency) == {"DeliveryEventAgeS": str(age)}

@@ -58,6 +58,13 @@ def deploy(
     instance_type: Annotated[str, typer.Option(help="t3.micro or t2.micro.")] = "t3.micro",
     key_name: Annotated[str, typer.Option(help="EC2 key pair for SSH.")] = "",
     ssh_cidr: Annotated[str, typer.Option(help="Who may SSH to the instance.")] = "127.0.0.1/32",
+    private_access: Annotated[
+        str,
+        typer.Option(
+            help="RabbitMQ: how the publisher reaches SSM: nat-instance (through the manager's "
+            "instance, no hourly cost) or endpoints (an SSM interface endpoint, billed hourly)."
+        ),
+    ] = "nat-instance",
     stack_name: Stack = "courierflow",
     region: Region = "us-east-1",
 ) -> None:
@@ -68,7 +75,7 @@ def deploy(
     options = DeployOptions(
         stack_name=stack_name, region=region, transport=transport, mode=mode,
         role_arn=role_arn, instance_profile=instance_profile, key_name=key_name,
-        ssh_cidr=ssh_cidr, instance_type=instance_type,
+        ssh_cidr=ssh_cidr, instance_type=instance_type, private_access=private_access,
     )  # fmt: skip
     try:
         out = run_deploy(options, say=typer.echo)

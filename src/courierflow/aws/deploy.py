@@ -61,6 +61,7 @@ POLL_S = 5.0
 #: stack names become bucket names (lower case, digits, hyphens)
 STACK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 TRANSPORTS = ("rabbitmq", "sqs")
+PRIVATE_ACCESS = ("nat-instance", "endpoints")
 MODES = ("manager", "serverless")
 
 
@@ -90,6 +91,8 @@ class DeployOptions:
             raise DeployError(f"--transport must be one of {', '.join(TRANSPORTS)}")
         if self.mode not in MODES:
             raise DeployError(f"--mode must be one of {', '.join(MODES)}")
+        if self.private_access not in PRIVATE_ACCESS:
+            raise DeployError(f"--private-access must be one of {', '.join(PRIVATE_ACCESS)}")
         if self.mode == "serverless" and self.transport != "sqs":
             raise DeployError("--mode serverless needs --transport sqs (SQS invokes the function)")
         if not STACK_NAME.match(self.stack_name):
