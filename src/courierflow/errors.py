@@ -34,12 +34,31 @@ class PublishError(TransportError):
     """Raised when the broker did not confirm (or negatively confirmed) a message."""
 
 
+class PublishIncomplete(CourierflowError):
+    """Raised when the publisher stopped before the end of a file because its invocation
+    was running out of time. What it published is confirmed and checkpointed in the
+    ledger; a retry of the same event resumes after the checkpoint.
+    """
+
+
 class LedgerError(CourierflowError):
     """Raised when the order ledger cannot be read or written."""
 
 
 class InvokeError(CourierflowError):
     """Raised when Lambda did not accept an invocation after the bounded retries."""
+
+
+class InvokeThrottled(InvokeError):
+    """Raised when Lambda refused an invocation for throttling (HTTP 429,
+    ``TooManyRequestsException``): not a failure of the order, to be retried later.
+
+    ``retry_after_s`` is Lambda's ``Retry-After`` hint in seconds, None when it gave none.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StackError(CourierflowError):

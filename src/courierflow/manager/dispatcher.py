@@ -5,11 +5,18 @@ with many calls in flight, so a slow Invoke call never holds up the others, and 
 only once Lambda accepted the event (HTTP 202). Failed invokes are retried with backoff;
 after the last attempt the message is dead-lettered and the order marked failed, never
 dropped.
+
+A throttled invoke (429 ``TooManyRequestsException``: the account's request rate or
+concurrency is used up, as on AWS Academy's Learner Lab with its concurrency of 10) is
+not a failure of the order: it is retried with its own backoff, as often as it takes,
+while the message stays unacked; and the invokes allowed in flight shrink (halved on a
+throttle, one more back per success) so the manager does not hammer Lambda meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import threading
@@ -17,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from courierflow import faults
-from courierflow.errors import InvokeError
+from courierflow.errors import InvokeError, InvokeThrottled
 from courierflow.ledger.base import Ledger
 from courierflow.manager.invoker import EventInvoker
 from courierflow.orders import Order
@@ -30,6 +37,13 @@ MAX_INVOKE_ATTEMPTS = 5
 #: first and largest pause between invoke attempts, in seconds
 INVOKE_BACKOFF_BASE_S = 0.2
 INVOKE_BACKOFF_MAX_S = 5.0
+#: first and largest pause before a throttled invoke is tried again, in seconds (added to
+#: Lambda's Retry-After hint, if any; the sum never exceeds the largest). Throttles never
+#: use up the attempts
+THROTTLE_BACKOFF_BASE_S = 0.1
+THROTTLE_BACKOFF_MAX_S = 20.0
+#: how often a throttled invoke waiting for its retry looks whether the manager is stopping
+THROTTLE_STOP_CHECK_S = 0.25
 #: Invoke calls in flight at once (each waits on a network round trip; on the asyncio
 #: loop they cost no thread). 256 covers ~8,000 invokes/s at 30 ms
 DEFAULT_WORKERS = 256
@@ -98,6 +112,8 @@ class DispatchStats:
     #: second invokes sent on purpose (``duplicate_rate``)
     duplicates_injected: int = 0
     invoke_retries: int = 0
+    #: invokes Lambda refused with 429 (each retried later, never dead-lettered)
+    throttles: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -105,11 +121,68 @@ class DispatchStats:
             setattr(self, name, getattr(self, name) + n)
 
 
+class InvokeLimit:
+    """How many Invoke calls may be in flight: ``ceiling`` until Lambda throttles, then
+    additive increase, multiplicative decrease (AIMD, as TCP paces a congested link).
+
+    A throttle halves the limit (never below 1), once per round: the 429s of calls sent
+    before the last decrease say nothing about the new limit, so a burst of throttled
+    answers halves it once, not once each. Every accepted invoke raises it by one, back
+    up to ``ceiling``. Waiters are served in arrival order. Used on one asyncio loop only.
+    """
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = max(1, ceiling)
+        self.limit = self.ceiling
+        self.in_flight = 0
+        #: decreases so far; a call remembers the round it was sent in
+        self.round = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        """Wait for a slot (the fast path, under the limit with nobody waiting, is a count)."""
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # ``_wake`` counted the slot as ours
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()
+            raise
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def accepted(self) -> None:
+        """An invoke was accepted: one more allowed in flight, up to the ceiling."""
+        if self.limit < self.ceiling:
+            self.limit += 1
+            self._wake()
+
+    def throttled(self, sent_in_round: int) -> None:
+        """An invoke sent in ``sent_in_round`` was throttled: halve, once per round."""
+        if sent_in_round == self.round:
+            self.limit = max(1, self.limit // 2)
+            self.round += 1
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+
 class Dispatcher:
     """Consumes a transport and invokes the delivery function once per order.
 
     Messages arrive on the transport's thread; each becomes a task on one asyncio loop
-    (its own thread), where up to ``workers`` Invoke calls wait for Lambda at once."""
+    (its own thread), where up to ``workers`` Invoke calls wait for Lambda at once (fewer
+    while Lambda throttles: see ``InvokeLimit``)."""
 
     def __init__(
         self,
@@ -134,7 +207,8 @@ class Dispatcher:
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="invoke-loop", daemon=True
         )
-        self._slots = asyncio.Semaphore(workers)
+        #: Invoke calls allowed in flight (fewer than ``workers`` while Lambda throttles)
+        self.invoke_limit = InvokeLimit(workers)
         #: messages handed over by the transport's thread, not yet started on the loop
         self._arrived: list[tuple[Order, Delivery]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -164,10 +238,12 @@ class Dispatcher:
             self._loop.close()
             self._recorder.close()
             log.info(
-                "manager stopped: %d dispatched, %d dead-lettered, %d duplicates injected",
+                "manager stopped: %d dispatched, %d dead-lettered, %d duplicates injected, "
+                "%d throttled invokes",
                 self.stats.dispatched,
                 self.stats.dead_lettered,
                 self.stats.duplicates_injected,
+                self.stats.throttles,
             )
 
     def stop(self) -> None:
@@ -205,8 +281,7 @@ class Dispatcher:
 
     async def _dispatch(self, order: Order, delivery: Delivery) -> None:
         try:
-            async with self._slots:
-                await self._invoke_with_retries(order, delivery)
+            await self._invoke_with_retries(order, delivery)
         except Exception:  # a bug must not leave the message unsettled until a restart
             log.exception("dispatch failed; message requeued", extra={"order_id": order.order_id})
             delivery.reject(requeue=True)
@@ -214,29 +289,77 @@ class Dispatcher:
             self._finished()
 
     async def _invoke_with_retries(self, order: Order, delivery: Delivery) -> None:
+        """Invoke until Lambda accepts; a failed attempt holds its slot while it backs off,
+        a throttled one gives the slot up and does not count as an attempt."""
         extra = {"order_id": order.order_id}
         payload = order.to_json()
         reason = ""
-        for attempt in range(1, MAX_INVOKE_ATTEMPTS + 1):
-            try:
-                await self.invoker.invoke_event(self.function_name, payload)
-            except InvokeError as exc:
-                reason = str(exc)
-            else:
-                await self._handed_on(order, delivery)
-                return
-            log.warning(
-                "invoke failed [%d/%d]: %s", attempt, MAX_INVOKE_ATTEMPTS, reason, extra=extra
-            )
-            if attempt < MAX_INVOKE_ATTEMPTS and not self.stop_event.is_set():
+        attempt = 0
+        throttles = 0
+        limit = self.invoke_limit
+        await limit.acquire()
+        holding = True
+        try:
+            while True:
+                sent_in_round = limit.round
+                try:
+                    await self.invoker.invoke_event(self.function_name, payload)
+                except InvokeThrottled as exc:
+                    limit.throttled(sent_in_round)
+                    limit.release()
+                    holding = False
+                    throttles += 1
+                    if not await self._throttle_pause(exc, throttles, extra):
+                        delivery.reject(requeue=True)  # shutting down: still unacked, requeue
+                        return
+                    await limit.acquire()
+                    holding = True
+                    continue
+                except InvokeError as exc:
+                    reason = str(exc)
+                else:
+                    limit.accepted()
+                    await self._handed_on(order, delivery)
+                    return
+                attempt += 1
+                log.warning(
+                    "invoke failed [%d/%d]: %s", attempt, MAX_INVOKE_ATTEMPTS, reason, extra=extra
+                )
+                if self.stop_event.is_set():
+                    delivery.reject(requeue=True)  # shutting down: let another manager have it
+                    return
+                if attempt >= MAX_INVOKE_ATTEMPTS:
+                    break
                 self.stats.add("invoke_retries")
                 cap = min(INVOKE_BACKOFF_MAX_S, INVOKE_BACKOFF_BASE_S * 2**attempt)
                 await asyncio.sleep(random.uniform(cap / 2, cap))
-            elif self.stop_event.is_set():
-                delivery.reject(requeue=True)  # shutting down: let another manager have it
-                return
-        reason = f"invoke failed {MAX_INVOKE_ATTEMPTS} times: {reason}"
-        await asyncio.to_thread(self._dead_letter, order, delivery, reason)
+            reason = f"invoke failed {MAX_INVOKE_ATTEMPTS} times: {reason}"
+            await asyncio.to_thread(self._dead_letter, order, delivery, reason)
+        finally:
+            if holding:
+                limit.release()
+
+    async def _throttle_pause(
+        self, exc: InvokeThrottled, throttles: int, extra: dict[str, str]
+    ) -> bool:
+        """Back off before a throttled invoke is sent again: Lambda's Retry-After hint plus
+        exponential backoff with jitter, at most ``THROTTLE_BACKOFF_MAX_S``.
+
+        Returns False, at once, when the manager is stopping (the caller requeues)."""
+        self.stats.add("throttles")
+        cap = min(THROTTLE_BACKOFF_MAX_S, THROTTLE_BACKOFF_BASE_S * 2 ** min(throttles - 1, 30))
+        hint = exc.retry_after_s or 0.0
+        delay = min(THROTTLE_BACKOFF_MAX_S, hint + random.uniform(cap / 2, cap))
+        log.info(
+            "invoke throttled [%d], trying again in %.2f s: %s", throttles, delay, exc, extra=extra
+        )
+        deadline = time.monotonic() + delay
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left, THROTTLE_STOP_CHECK_S))
+        return False
 
     async def _handed_on(self, order: Order, delivery: Delivery) -> None:
         """Lambda accepted the event: ack the message, record the dispatch soon after."""

@@ -9,7 +9,8 @@ request is signed with Signature Version 4 (the signing key derived once a day, 
 signature checked against botocore's own signer in the tests) and sent on a pooled
 keep-alive connection from an asyncio loop. When the proxy variables route the endpoint
 through a proxy, calls go through boto3 itself, which speaks to proxies. Errors are
-converted here; callers see ``InvokeError``.
+converted here; callers see ``InvokeError``, or ``InvokeThrottled`` when Lambda answered
+429 ``TooManyRequestsException`` (throttling: not a failure of the order).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from urllib.parse import quote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from courierflow.errors import InvokeError
+from courierflow.errors import InvokeError, InvokeThrottled
 
 #: seconds to connect and to wait for Lambda's answer
 CONNECT_TIMEOUT_S = 5.0
@@ -35,6 +36,8 @@ READ_TIMEOUT_S = 30.0
 #: the service name and algorithm in Lambda's signatures
 SERVICE = "lambda"
 ALGORITHM = "AWS4-HMAC-SHA256"
+#: Lambda's error code for throttling (HTTP 429), on the sync and the async path alike
+THROTTLED = "TooManyRequestsException"
 
 
 def _hmac(key: bytes, text: str) -> bytes:
@@ -135,6 +138,7 @@ class EventInvoker:
         """Hand ``payload`` to Lambda for asynchronous invocation; returns the request id.
 
         Raises:
+            InvokeThrottled: Lambda answered 429 (throttling); carries its Retry-After hint.
             InvokeError: Lambda did not answer 202 (the message carries its error code), or
                 the endpoint could not be reached.
         """
@@ -161,6 +165,8 @@ class EventInvoker:
             message = json.loads(data or b"{}").get("message", "")
         except ValueError:
             message = data[:200].decode(errors="replace")
+        if status == 429 or code == THROTTLED:
+            raise InvokeThrottled(f"{code}: {message}", _seconds(answer.get("retry-after")))
         raise InvokeError(f"{code}: {message}")
 
     def _invoke_with_boto3(self, function_name: str, payload: bytes) -> str:
@@ -170,7 +176,12 @@ class EventInvoker:
             )
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            raise InvokeError(f"{error.get('Code')}: {error.get('Message')}") from None
+            reason = f"{error.get('Code')}: {error.get('Message')}"
+            if error.get("Code") == THROTTLED:
+                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                hint = exc.response.get("retryAfterSeconds") or headers.get("retry-after")
+                raise InvokeThrottled(reason, _seconds(str(hint) if hint else None)) from None
+            raise InvokeError(reason) from None
         except BotoCoreError as exc:
             raise InvokeError(f"cannot reach Lambda at {self.endpoint}: {exc}") from None
         return str(answer.get("ResponseMetadata", {}).get("RequestId", ""))
@@ -184,7 +195,7 @@ class EventInvoker:
                 if conn is None:
                     conn = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
                 answer = await asyncio.wait_for(conn.exchange(request), READ_TIMEOUT_S)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 if conn is not None:
                     conn.close()
                 if reused and attempt == 1:  # the server closed an idle keep-alive connection
@@ -208,6 +219,15 @@ class EventInvoker:
         """Close the idle connections."""
         while self._idle:
             self._idle.pop().close()
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Lambda's ``Retry-After`` header in seconds; None when absent or not a number."""
+    try:
+        seconds = float(retry_after) if retry_after else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _proxied(scheme: str, host: str | None) -> bool:

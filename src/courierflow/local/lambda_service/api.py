@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sys
 from typing import Any
 
@@ -14,7 +15,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from courierflow.local.lambda_service.config import FunctionConfig
-from courierflow.local.lambda_service.invoker import Function
+from courierflow.local.lambda_service.invoker import Function, ThrottleReason
+from courierflow.local.lambda_service.limits import AccountConcurrency, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +24,30 @@ log = logging.getLogger(__name__)
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 ASYNC_PAYLOAD_LIMIT = 1024 * 1024
 API = "/2015-03-31/functions"
+ACCOUNT_SETTINGS = "/2016-08-19/account-settings"
+#: what GetAccountSettings reports for code storage (AWS's defaults, bytes)
+TOTAL_CODE_SIZE = 80 * 1024**3
+CODE_SIZE_UNZIPPED = 250 * 1024**2
+CODE_SIZE_ZIPPED = 50 * 1024**2
 
 
-def aws_error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def aws_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
     """An error botocore turns into ``client.exceptions.<code>`` (rest-json protocol)."""
     kind = "Service" if status >= 500 else "User"
     body = {"Type": kind, "message": message, **extra}
-    return web.json_response(body, status=status, headers={"x-amzn-ErrorType": code})
+    return web.json_response(
+        body, status=status, headers={"x-amzn-ErrorType": code, **(headers or {})}
+    )
+
+
+def throttled(reason: ThrottleReason, retry_after_s: float | None = None) -> web.Response:
+    """Lambda's 429, with its reason and (for a rate) the whole seconds until a retry."""
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else None
+    return aws_error(
+        429, "TooManyRequestsException", "Rate Exceeded.", headers, Reason=reason.value
+    )
 
 
 @web.middleware
@@ -86,10 +105,20 @@ def configuration(c: FunctionConfig) -> dict[str, Any]:
 
 
 class LambdaApi:
-    def __init__(self, functions: dict[str, Function], latency_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        functions: dict[str, Function],
+        latency_s: float = 0.0,
+        account: AccountConcurrency | None = None,
+        async_rate: TokenBucket | None = None,
+    ) -> None:
         self.functions = functions
         #: added to every Invoke answer (benchmarks: the real API's round trip)
         self.latency_s = latency_s
+        #: the account's concurrency, shared by every function
+        self.account = account or AccountConcurrency()
+        #: the account's rate of Event invokes (None: no limit)
+        self.async_rate = async_rate
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -98,6 +127,8 @@ class LambdaApi:
             web.get(API, self.list_functions),
             web.get(API + "/{name}", self.get_function),
             web.get(API + "/{name}/configuration", self.get_function_configuration),
+            web.get(ACCOUNT_SETTINGS, self.get_account_settings),
+            web.get(ACCOUNT_SETTINGS + "/", self.get_account_settings),
             web.get("/health", self.health),
         ]
 
@@ -124,6 +155,11 @@ class LambdaApi:
             return aws_error(
                 400, "InvalidParameterValueException", f"Unsupported invocation type {kind!r}"
             )
+        if kind == "Event" and self.async_rate is not None:
+            wait_s = self.async_rate.take()
+            if wait_s:
+                fn.counters.async_throttles += 1
+                return throttled(ThrottleReason.REQUEST_RATE, wait_s)
         limit = ASYNC_PAYLOAD_LIMIT if kind == "Event" else SYNC_PAYLOAD_LIMIT
         if (request.content_length or 0) > limit:
             return _too_large(request.content_length or 0, limit)
@@ -145,13 +181,8 @@ class LambdaApi:
             request_id = fn.enqueue(payload)
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
         outcome = await fn.invoke_sync(payload, request.headers.get("X-Amz-Log-Type") == "Tail")
-        if outcome is None:
-            return aws_error(
-                429,
-                "TooManyRequestsException",
-                "Rate Exceeded.",
-                Reason="ReservedFunctionConcurrentInvocationLimitExceeded",
-            )
+        if isinstance(outcome, ThrottleReason):
+            return throttled(outcome)
         headers = {"X-Amz-Executed-Version": "$LATEST", "x-amzn-RequestId": outcome.request_id}
         if not outcome.ok:
             headers["X-Amz-Function-Error"] = "Unhandled"
@@ -183,6 +214,24 @@ class LambdaApi:
             return found
         return web.json_response(configuration(found.config))
 
+    async def get_account_settings(self, request: web.Request) -> web.Response:
+        """The account's concurrency (the configured cap, or AWS's default 1000). No
+        function sets any of it aside (their own concurrency is a cap, not a
+        reservation from the account's), so all of it is unreserved."""
+        concurrency = self.account.reported
+        return web.json_response(
+            {
+                "AccountLimit": {
+                    "TotalCodeSize": TOTAL_CODE_SIZE,
+                    "CodeSizeUnzipped": CODE_SIZE_UNZIPPED,
+                    "CodeSizeZipped": CODE_SIZE_ZIPPED,
+                    "ConcurrentExecutions": concurrency,
+                    "UnreservedConcurrentExecutions": concurrency,
+                },
+                "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": len(self.functions)},
+            }
+        )
+
     async def health(self, request: web.Request) -> web.Response:
         doc = {
             name: {
@@ -192,7 +241,8 @@ class LambdaApi:
             }
             for name, fn in self.functions.items()
         }
-        return web.json_response({"status": "ok", "functions": doc})
+        account = {"concurrency": self.account.limit, "running": self.account.running}
+        return web.json_response({"status": "ok", "functions": doc, "account": account})
 
 
 def _too_large(size: int, limit: int) -> web.Response:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from courierflow.local.lambda_service.config import parse_flags
+from courierflow.local.lambda_service.config import account_limits, parse_flags
 
 app = typer.Typer(
     help=(
@@ -48,13 +48,39 @@ def serve(
     code_dir: Annotated[
         list[Path], typer.Option("--code-dir", help="Put DIR on the import path (repeatable).")
     ] = [],  # noqa: B006
-    config: Annotated[Path | None, typer.Option(help="TOML file with [functions.NAME].")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with [functions.NAME] (and [account]).")
+    ] = None,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9001,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     state_dir: Annotated[Path | None, typer.Option(help="Logs go under DIR/logs.")] = None,
     inject_latency_ms: Annotated[
         float, typer.Option(help="Delay every Invoke answer (benchmarks: AWS's round trip).")
     ] = 0.0,
+    account_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Executions at once across every function, as an account's concurrency "
+            "(AWS Academy's Learner Lab: 10); events wait in their queue. Default: no cap.",
+            envvar="COURIERFLOW_LAMBDA_ACCOUNT_CONCURRENCY",
+        ),
+    ] = None,
+    async_invoke_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Event invokes accepted per second; past it Invoke answers 429 "
+            "TooManyRequestsException. Default: no limit.",
+            envvar="COURIERFLOW_LAMBDA_ASYNC_INVOKE_RATE",
+        ),
+    ] = None,
+    async_invoke_burst: Annotated[
+        int | None,
+        typer.Option(
+            help="Event invokes accepted at once before the rate applies "
+            "(default: one second's worth).",
+            envvar="COURIERFLOW_LAMBDA_ASYNC_INVOKE_BURST",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Invoke, GetFunction and ListFunctions APIs for the given handlers.
 
@@ -63,6 +89,8 @@ def serve(
         courierflow lambda serve --port 9001 \\
           --function lambda_delivery=courierflow.functions.delivery:lambda_handler \\
           --set lambda_delivery.timeout=15 --set lambda_delivery.concurrency=256
+
+    Like a Learner Lab account: add --account-concurrency 10 --async-invoke-rate 50.
     """
     from courierflow.local.lambda_service.service import serve as run_service
 
@@ -70,8 +98,11 @@ def serve(
     functions = parse_flags(function, set_, event_source_sqs, config)
     if not functions:
         raise typer.BadParameter("give at least one --function NAME=MODULE:HANDLER (or --config)")
+    account = account_limits(config, account_concurrency, async_invoke_rate, async_invoke_burst)
     dirs = [str(d.absolute()) for d in code_dir]
-    service = run_service(functions, host, port, _state_dir(state_dir), dirs, inject_latency_ms)
+    service = run_service(
+        functions, host, port, _state_dir(state_dir), dirs, inject_latency_ms, account
+    )
     try:
         import uvloop  # optional: roughly halves the HTTP path's CPU cost
     except ImportError:

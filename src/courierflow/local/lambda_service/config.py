@@ -6,15 +6,20 @@ Flags: ``--function NAME=MODULE:HANDLER`` and ``--set NAME.KEY=VALUE`` where KEY
 ``idle_timeout``, ``provisioned_concurrency``, ``sqs_batch_size``, ``sqs_batching_window``,
 ``report_batch_item_failures`` or ``env.VAR``. The TOML file has one table per function:
 ``[functions.NAME]`` with ``handler = "MODULE:HANDLER"`` and the same keys (``env`` a table).
+
+The account's limits, shared by every function, are off by default: an ``[account]``
+table with ``concurrency``, ``async_invoke_rate`` and ``async_invoke_burst``, or the flags
+``--account-concurrency``, ``--async-invoke-rate`` and ``--async-invoke-burst`` (and their
+environment variables), which win over the file.
 """
 
 from __future__ import annotations
 
+import math
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from courierflow.errors import ConfigError
 
@@ -87,6 +92,55 @@ class FunctionConfig:
                 setattr(self, key, str(value))
         except ValueError:
             raise ConfigError(f"{self.name}.{key}: {value!r} is not a valid {kind}") from None
+
+
+@dataclass(frozen=True)
+class AccountLimits:
+    """The account-level quotas of the service (each 0: off, as by default)."""
+
+    #: executions at once across every function (AWS Academy's Learner Lab: 10)
+    concurrency: int = 0
+    #: asynchronous Invoke requests accepted per second; past it, 429
+    async_invoke_rate: float = 0.0
+    #: requests accepted at once before the rate applies (0: one second's worth)
+    async_invoke_burst: int = 0
+
+    @property
+    def burst(self) -> int:
+        """The token bucket's size: the burst, or one second's worth of the rate."""
+        return self.async_invoke_burst or max(1, math.ceil(self.async_invoke_rate))
+
+
+def account_limits(
+    config_file: Path | None,
+    concurrency: int | None = None,
+    async_invoke_rate: float | None = None,
+    async_invoke_burst: int | None = None,
+) -> AccountLimits:
+    """The account's limits: the TOML file's ``[account]`` table, then the flags given."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(tomllib.loads(config_file.read_text()).get("account") or {})
+    flags = {
+        "concurrency": concurrency,
+        "async_invoke_rate": async_invoke_rate,
+        "async_invoke_burst": async_invoke_burst,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    unknown = set(values) - set(flags)
+    if unknown:
+        raise ConfigError(f"unknown [account] setting(s): {', '.join(sorted(unknown))}")
+    try:
+        limits = AccountLimits(
+            concurrency=int(values.get("concurrency", 0)),
+            async_invoke_rate=float(values.get("async_invoke_rate", 0.0)),
+            async_invoke_burst=int(values.get("async_invoke_burst", 0)),
+        )
+    except (TypeError, ValueError):
+        raise ConfigError(f"account limits must be numbers (got {values})") from None
+    if min(limits.concurrency, limits.async_invoke_rate, limits.async_invoke_burst) < 0:
+        raise ConfigError(f"account limits cannot be negative (got {values})")
+    return limits
 
 
 def parse_flags(

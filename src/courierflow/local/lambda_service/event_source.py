@@ -119,9 +119,11 @@ class SqsPoller:
 
     async def _invoke(self, arn: str, messages: list[dict[str, Any]]) -> None:
         fn = self.function
+        await fn.account.acquire()  # the account's concurrency, as for any execution
         try:
             env = await fn.pool.acquire(wait=True)
         except EnvironmentDied as exc:
+            fn.account.release()
             log.warning(
                 "no environment for a batch of %d (%s); left to the visibility timeout",
                 len(messages),
@@ -129,9 +131,15 @@ class SqsPoller:
             )
             await asyncio.sleep(1)
             return
+        except BaseException:
+            fn.account.release()
+            raise
         assert env is not None
         payload = json.dumps(sqs_event(arn, messages)).encode()
-        outcome = await fn.run(env, payload, str(uuid.uuid4()))
+        try:
+            outcome = await fn.run(env, payload, str(uuid.uuid4()))
+        finally:
+            fn.account.release()
         self.batches += 1
         if not outcome.ok:
             log.warning(

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from courierflow.local.lambda_service.environments import (
     EnvironmentDied,
     EnvironmentPool,
 )
+from courierflow.local.lambda_service.limits import AccountConcurrency
 from courierflow.local.lambda_service.logformat import log_block
 from courierflow.local.lambda_service.sqs import client_for_queue
 
@@ -30,6 +32,17 @@ TAIL_BYTES = 4096
 RESPONSE_LIMIT = 6 * 1024 * 1024
 #: seconds before an event whose environment could not be made is tried again
 SPAWN_RETRY_DELAY_S = 1.0
+
+
+class ThrottleReason(StrEnum):
+    """Why an invocation was refused with 429 (Lambda's own ``Reason`` values)."""
+
+    #: every environment the function may have is busy (its reserved concurrency)
+    FUNCTION_CONCURRENCY = "ReservedFunctionConcurrentInvocationLimitExceeded"
+    #: the account runs as many executions as its concurrency allows
+    ACCOUNT_CONCURRENCY = "ConcurrentInvocationLimitExceeded"
+    #: asynchronous Invoke requests came faster than the account's request rate
+    REQUEST_RATE = "CallerRateLimitExceeded"
 
 
 @dataclass
@@ -68,17 +81,29 @@ class Counters:
     invocations: int = 0
     errors: int = 0
     throttles: int = 0
+    #: Event invokes refused for the account's request rate (429)
+    async_throttles: int = 0
     async_accepted: int = 0
     async_retries: int = 0
     async_failed: int = 0
 
 
 class Function:
-    """One configured function: its environments, its event queue, its log."""
+    """One configured function: its environments, its event queue, its log.
 
-    def __init__(self, config: FunctionConfig, pool: EnvironmentPool, log_dir: Path) -> None:
+    Every execution also takes a slot of the account's concurrency (shared by all the
+    functions of the service) before it takes an environment."""
+
+    def __init__(
+        self,
+        config: FunctionConfig,
+        pool: EnvironmentPool,
+        log_dir: Path,
+        account: AccountConcurrency | None = None,
+    ) -> None:
         self.config = config
         self.pool = pool
+        self.account = account or AccountConcurrency()
         self.log_path = log_dir / f"{config.name}.log"
         self.counters = Counters()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
@@ -100,19 +125,26 @@ class Function:
 
     # --- synchronous -------------------------------------------------------------------
 
-    async def invoke_sync(self, payload: bytes, tail: bool = False) -> Outcome | None:
-        """Run now; None when every environment is busy (the API answers 429)."""
+    async def invoke_sync(self, payload: bytes, tail: bool = False) -> Outcome | ThrottleReason:
+        """Run now; the reason when the function or the account is full (the API answers
+        429)."""
         request_id = str(uuid.uuid4())
-        try:
-            env = await self.pool.acquire(wait=False)
-        except EnvironmentDied as exc:
-            self.counters.invocations += 1
-            self.counters.errors += 1
-            return self._init_failure(request_id, str(exc))
-        if env is None:
+        if not self.account.try_acquire():
             self.counters.throttles += 1
-            return None
-        return await self.run(env, payload, request_id, tail)
+            return ThrottleReason.ACCOUNT_CONCURRENCY
+        try:
+            try:
+                env = await self.pool.acquire(wait=False)
+            except EnvironmentDied as exc:
+                self.counters.invocations += 1
+                self.counters.errors += 1
+                return self._init_failure(request_id, str(exc))
+            if env is None:
+                self.counters.throttles += 1
+                return ThrottleReason.FUNCTION_CONCURRENCY
+            return await self.run(env, payload, request_id, tail)
+        finally:
+            self.account.release()
 
     def _init_failure(self, request_id: str, reason: str) -> Outcome:
         """The outcome of an invocation whose environment could not be started."""
@@ -147,7 +179,7 @@ class Function:
                 outcome = self._service_side_error(request_id, _too_large(len(body)), started)
             else:
                 outcome = Outcome(request_id, bool(reply["ok"]), body, reply["log"])
-        except asyncio.TimeoutError:
+        except TimeoutError:
             message = f"Task timed out after {self.config.timeout:.2f} seconds"
             doc = {
                 "errorMessage": f"{_now()} {request_id} {message}",
@@ -185,17 +217,21 @@ class Function:
     async def _dispatch_events(self) -> None:
         """Hand queued events to environments as they free up (events wait, never 429).
 
-        An idle environment takes the next event at once. When none is idle but the
-        concurrency allows another, the event waits for its own new environment in a
-        task of its own, so that a burst of events starts environments in parallel
-        rather than one after another. Only when the function is at its concurrency does
-        the dispatcher wait for one to be released.
+        While the account runs as many executions as its concurrency allows, the next
+        event waits for one to end (and the rest wait in the queue). An idle environment
+        takes the next event at once. When none is idle but the concurrency allows
+        another, the event waits for its own new environment in a task of its own, so
+        that a burst of events starts environments in parallel rather than one after
+        another. Only when the function is at its concurrency does the dispatcher wait
+        for one to be released. Each execution gives its account slot back when it ends.
         """
         while True:
             event = await self.events.get()
             if time.time() - event.created > self.config.max_event_age:
                 await self._give_up(event, None, "EventAgeExceeded")
                 continue
+            if not self.account.try_acquire():
+                await self.account.acquire()
             env = self.pool.take_idle()
             if env is None and self.pool.reserve():
                 self._spawn_task(self._start_and_run(event))
@@ -203,6 +239,7 @@ class Function:
             try:
                 env = env or await self.pool.acquire(wait=True)
             except Exception as exc:
+                self.account.release()
                 self._no_environment(event, exc)
                 continue
             assert env is not None
@@ -212,6 +249,7 @@ class Function:
         try:
             env = await self.pool.start_reserved()
         except Exception as exc:
+            self.account.release()
             self._no_environment(event, exc)
             return
         await self._run_event(env, event)
@@ -235,8 +273,12 @@ class Function:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_event(self, env: Environment, event: Event) -> None:
+        """Run an event on ``env`` with the account slot taken for it, then settle it."""
         event.attempts += 1
-        outcome = await self.run(env, event.payload, event.request_id)
+        try:
+            outcome = await self.run(env, event.payload, event.request_id)
+        finally:
+            self.account.release()
         await self._settle(event, outcome)
 
     async def _settle(self, event: Event, outcome: Outcome) -> None:

@@ -14,10 +14,11 @@ from pathlib import Path
 from aiohttp import web
 
 from courierflow.local.lambda_service.api import SYNC_PAYLOAD_LIMIT, LambdaApi, aws_errors
-from courierflow.local.lambda_service.config import FunctionConfig
+from courierflow.local.lambda_service.config import AccountLimits, FunctionConfig
 from courierflow.local.lambda_service.environments import EnvironmentPool
 from courierflow.local.lambda_service.event_source import SqsPoller
 from courierflow.local.lambda_service.invoker import Function
+from courierflow.local.lambda_service.limits import AccountConcurrency, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,23 @@ async def serve(
     state_dir: Path,
     code_dirs: list[str],
     latency_ms: float = 0.0,
+    account: AccountLimits | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop every environment and zygote."""
+    """Serve until SIGTERM or SIGINT, then stop every environment and zygote.
+
+    ``account``: the account-level limits every function shares (none by default)."""
+    account = account or AccountLimits()
+    executions = AccountConcurrency(account.concurrency)
+    async_rate = (
+        TokenBucket(account.async_invoke_rate, account.burst) if account.async_invoke_rate else None
+    )
+    if account.concurrency or account.async_invoke_rate:
+        log.info(
+            "account limits: %s executions at once, %s Event invokes/s (burst %d)",
+            account.concurrency or "unlimited",
+            account.async_invoke_rate or "unlimited",
+            account.burst,
+        )
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     socket_dir = Path(tempfile.mkdtemp(prefix="cf-lambda-"))  # short path: AF_UNIX limit
@@ -47,7 +63,7 @@ async def serve(
     try:
         for name, config in functions.items():
             pool = EnvironmentPool(config, socket_dir, log_dir, code_dirs)
-            running[name] = Function(config, pool, log_dir)
+            running[name] = Function(config, pool, log_dir, executions)
             await running[name].start()
         for fn in running.values():
             if fn.config.sqs_queue_url:
@@ -56,7 +72,7 @@ async def serve(
         app = web.Application(
             client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024, middlewares=[aws_errors]
         )
-        app.add_routes(LambdaApi(running, latency_ms / 1000).routes())
+        app.add_routes(LambdaApi(running, latency_ms / 1000, executions, async_rate).routes())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, host, port, backlog=1024).start()
