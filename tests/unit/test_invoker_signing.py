@@ -14,7 +14,7 @@ from botocore.credentials import ReadOnlyCredentials
 from courierflow.manager.invoker import SigV4Signer
 
 pytestmark = pytest.mark.unit
-NOW = datetime.datetime(2026, 12, 1, 21, 35, 7, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 12, 1, 21, 35, 7, tzinfo=datetime.UTC)
 
 
 def botocore_headers(url: str, body: bytes, credentials: ReadOnlyCredentials) -> dict[str, str]:
