@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bench import dispatch, e2e, lambda_service_bench, ledger, publish
+from bench import dispatch, e2e, lambda_service_bench, ledger, publish, publisher_ledger
 from bench.common import RESULTS, services
 
 
@@ -123,6 +123,16 @@ def table(results: dict[str, Any]) -> str:
             f"orders each at once, s until all done | {spread(led['all_done_s'], '.2f')} "
             f"({led['claims_per_s']['median']:,.0f} claims/s) | - | - |"
         )
+    if "publisher_ledger" in results:
+        pl = results["publisher_ledger"]
+        batched, per_order = pl["batched_ms_per_order"], pl["per_order_ms_per_order"]
+        lines.append(
+            f"| ledger (DynamoDB on moto): add_queued of {pl['orders']:,} new orders, "
+            f"{pl['batch']} a call, client CPU ms/order | {spread(batched, '.3f')} | one "
+            f"conditional write per order ({pl['per_order_orders']:,} orders): "
+            f"{spread(per_order, '.3f')} | {per_order['median'] / batched['median']:.1f}x "
+            "less CPU |"
+        )
     ls = results["lambda_service"]
     acc = ls["accept"]["latency_ms"]
     env = ls["environments"]
@@ -195,6 +205,10 @@ def measure(smoke: bool) -> dict[str, Any]:
         results["lambda_service"] = lambda_service_bench.run(svc, smoke)
         print("ledger ...", flush=True)
         results["ledger"] = ledger.run(32 if smoke else 256, 10, 1 if smoke else 3)
+        print("publisher ledger ...", flush=True)
+        results["publisher_ledger"] = publisher_ledger.run(
+            svc.moto_url, 500 if smoke else 10_000, 1 if smoke else 3
+        )
         print("end to end ...", flush=True)
         results["e2e"] = e2e.run(svc, 200 if smoke else 10_000, 256, 0.1, 1 if smoke else 2)
     return results

@@ -43,7 +43,7 @@ def resolve_region(env: Mapping[str, str] | None = None) -> str:
         import botocore.session
 
         session = botocore.session.Session(profile=env.get("AWS_PROFILE") or None)
-        configured = session.get_config_variable("region")
+        configured = session.get_scoped_config().get("region")  # the profile's, in the file
     except Exception:  # a broken or missing config file is no reason to stop
         configured = None
     return str(configured) if configured else DEFAULT_REGION

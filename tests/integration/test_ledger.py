@@ -127,6 +127,79 @@ def test_a_file_version_is_begun_once(ledger: Ledger) -> None:
     assert ledger.begin_file("b", "k.csv", "e1", 5.0)
 
 
+def test_add_queued_in_bulk_creates_new_orders_and_requeues_known_ones_unless_delivered(
+    ledger: Ledger,
+) -> None:
+    """More orders than one read (100 keys) or one batch write (25) takes on DynamoDB,
+    among them orders already known in every state."""
+    ids = [f"O-{i:04d}" for i in range(260)]
+    ledger.add_queued(["O-0005", "O-0150", "O-0200", "O-0255"], "s3://b/old.csv", 1.0)
+    ledger.claim_delivery("O-0005", "r1", 30, 2.0)
+    ledger.complete_delivery("O-0005", "r1", 1, 2.0, 3.0)  # delivered
+    ledger.claim_delivery("O-0150", "r2", 30, 2.0)  # delivering
+    ledger.mark_failed("O-0200", "courier lost", 3.0)  # failed
+    ledger.mark_dispatched({"O-0255": 3.5})  # dispatched
+
+    fresh = ledger.add_queued(ids, "s3://b/new.csv", 4.0)
+
+    assert fresh == [i for i in ids if i != "O-0005"]
+    states = {r.order_id: (r.state, r.source) for r in ledger.orders()}
+    assert states.pop("O-0005") == (OrderState.DELIVERED, "s3://b/old.csv")
+    assert set(states.values()) == {(OrderState.QUEUED, "s3://b/new.csv")}
+    assert len(states) == 259
+    requeued = ledger.get_order("O-0200")
+    assert requeued is not None and requeued.reason == "" and requeued.queued_at == 4.0
+    new = ledger.get_order("O-0259")
+    assert new is not None and new.queued_at == 4.0 and new.attempts == 0
+    assert len(ledger.stuck([OrderState.QUEUED], older_than=5.0)) == 259  # updated_at is set
+
+
+def test_a_file_left_processing_is_taken_over_by_its_own_retry_or_after_its_lease(
+    ledger: Ledger,
+) -> None:
+    assert ledger.begin_file("b", "k.csv", "e1", 10.0, attempt="req-1", lease_until=70.0)
+    other = dict(attempt="req-2", lease_until=200.0)
+    assert ledger.resume_file("b", "k.csv", "e1", now=20.0, **other) is None  # req-1 is live
+    retry = ledger.resume_file("b", "k.csv", "e1", attempt="req-1", lease_until=80.0, now=21.0)
+    assert retry is not None and (retry.attempt, retry.lease_until, retry.rows) == ("req-1", 80, 0)
+    taken = ledger.resume_file("b", "k.csv", "e1", now=81.0, **other)  # req-1 timed out
+    assert taken is not None and (taken.attempt, taken.state) == ("req-2", FileState.PROCESSING)
+    assert ledger.resume_file("b", "k.csv", "e1", attempt="req-1", lease_until=300.0,
+                              now=82.0) is None  # fmt: skip
+    assert ledger.resume_file("b", "k.csv", "e1", attempt="", lease_until=300.0, now=83.0) is None
+    ledger.finish_file("b", "k.csv", "e1", FileState.DONE, rows=1, published=1, rejected=0,
+                       now=90.0)  # fmt: skip
+    assert ledger.resume_file("b", "k.csv", "e1", attempt="req-2", lease_until=300.0,
+                              now=91.0) is None  # fmt: skip
+    assert ledger.resume_file("b", "other.csv", "e1", **other, now=91.0) is None
+
+
+def test_a_checkpoint_lets_go_of_the_file_and_the_next_attempt_resumes_after_it(
+    ledger: Ledger,
+) -> None:
+    assert ledger.begin_file("b", "k.csv", "e1", 10.0, attempt="req-1", lease_until=910.0)
+    assert not ledger.checkpoint_file(
+        "b", "k.csv", "e1", attempt="req-2", rows=9, published=9, rejected=0, skipped=0, now=11.0
+    ), "only the holder may checkpoint"
+    assert ledger.checkpoint_file(
+        "b", "k.csv", "e1", attempt="req-1", rows=1200, published=996, rejected=3, skipped=1,
+        now=890.0,
+    )  # fmt: skip
+    record = ledger.get_file("b", "k.csv", "e1")
+    assert record is not None
+    assert (record.state, record.rows, record.published, record.rejected, record.skipped) == (
+        FileState.PROCESSING, 1200, 996, 3, 1,
+    )  # fmt: skip
+    assert (record.lease_until, record.checkpoint_at) == (None, 890.0)
+    # at once, long before req-1's lease would have ended
+    resumed = ledger.resume_file("b", "k.csv", "e1", attempt="req-9", lease_until=1800.0, now=891.0)
+    assert resumed is not None
+    assert (resumed.attempt, resumed.rows, resumed.published) == ("req-9", 1200, 996)
+    assert not ledger.checkpoint_file(
+        "b", "k.csv", "e1", attempt="req-1", rows=1, published=1, rejected=0, skipped=0, now=892.0
+    ), "the old holder lost the file"
+
+
 def _claim_all(path: str, worker: int, order_ids: list[str], out: multiprocessing.Queue) -> None:
     ledger = SQLiteLedger(path)
     won = [

@@ -3,13 +3,16 @@ first" path, and errors converted at the edge."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
 from courierflow.errors import LedgerError
+from courierflow.ledger import dynamodb
 from courierflow.ledger.base import ClaimResult, FileState
 from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
 from courierflow.orders import OrderState
@@ -115,3 +118,96 @@ def test_a_missing_table_is_a_ledger_error_not_a_botocore_error() -> None:
             ledger.add_queued(["o"], SOURCE, now=1.0)
         with pytest.raises(LedgerError):
             ledger.orders()
+
+
+def _count_calls(ledger: DynamoDBLedger) -> Counter[str]:
+    calls: Counter[str] = Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    ledger.client.meta.events.register("before-call.dynamodb.*", count)
+    return calls
+
+
+def test_add_queued_makes_far_fewer_calls_than_orders(ledger: DynamoDBLedger) -> None:
+    """One conditional write per order cost ~2 ms of client CPU each: 1,000 new orders
+    take 10 reads of 100 keys and 40 writes of 25 items instead of 1,000 calls."""
+    ids = [f"o-{i:04d}" for i in range(1000)]
+    ledger.add_queued(ids[:10], SOURCE, now=1.0)  # a re-upload: known orders
+    calls = _count_calls(ledger)
+
+    assert ledger.add_queued(ids, SOURCE, now=2.0) == ids
+
+    assert calls == {"BatchGetItem": 10, "BatchWriteItem": 40, "UpdateItem": 10}
+    assert ledger.counts(SOURCE)[OrderState.QUEUED] == 1000
+
+
+def test_an_order_delivered_between_the_read_and_the_write_is_left_alone(
+    ledger: DynamoDBLedger,
+) -> None:
+    """A re-upload while the file's orders are in flight: the order was being delivered
+    when add_queued read it, and is delivered before add_queued writes."""
+    ledger.add_queued(["o-1", "o-2"], SOURCE, now=1.0)
+    ledger.claim_delivery("o-2", "req-a", 30, now=2.0)
+    done: list[bool] = []
+
+    def deliver_now(**_: Any) -> None:
+        if not done:
+            done.append(ledger.complete_delivery("o-2", "req-a", 1, started=2.0, finished=3.0))
+
+    ledger.client.meta.events.register("after-call.dynamodb.BatchGetItem", deliver_now)
+
+    assert ledger.add_queued(["o-1", "o-2", "o-3"], SOURCE, now=4.0) == ["o-1", "o-3"]
+
+    assert done == [True]
+    record = ledger.get_order("o-2")
+    assert record is not None and record.state is OrderState.DELIVERED
+
+
+def test_unprocessed_keys_and_items_are_sent_again(
+    ledger: DynamoDBLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DynamoDB hands back part of a batch when throttled: here the first answer of each
+    batch call claims half its work was not done."""
+    monkeypatch.setattr(dynamodb, "BATCH_BACKOFF_BASE_S", 0.0)
+    throttled: set[str] = set()
+
+    def throttle_once(parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name in throttled or not model.name.startswith("Batch"):
+            return
+        throttled.add(model.name)
+        if model.name == "BatchGetItem":
+            parsed["Responses"]["ledger"] = []
+            parsed["UnprocessedKeys"] = {"ledger": _sent[-1]["RequestItems"]["ledger"]}
+        else:
+            parsed["UnprocessedItems"] = {"ledger": _sent[-1]["RequestItems"]["ledger"][:12]}
+
+    _sent: list[dict[str, Any]] = []
+    ledger.client.meta.events.register(
+        "provide-client-params.dynamodb.*", lambda params, **_: _sent.append(params)
+    )
+    ledger.client.meta.events.register("after-call.dynamodb.*", throttle_once)
+    calls = _count_calls(ledger)
+    ids = [f"o-{i}" for i in range(25)]
+
+    assert ledger.add_queued(ids, SOURCE, now=1.0) == ids
+
+    assert calls == {"BatchGetItem": 2, "BatchWriteItem": 2}
+    assert ledger.counts(SOURCE)[OrderState.QUEUED] == 25
+
+
+def test_a_batch_throttled_for_good_is_a_ledger_error(
+    ledger: DynamoDBLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dynamodb, "BATCH_BACKOFF_BASE_S", 0.0)
+
+    def never_processed(parsed: dict[str, Any], **_: Any) -> None:
+        parsed["UnprocessedItems"] = {"ledger": [{"PutRequest": {"Item": {"pk": {"S": "x"}}}}]}
+
+    ledger.client.meta.events.register("after-call.dynamodb.BatchWriteItem", never_processed)
+    calls = _count_calls(ledger)
+
+    with pytest.raises(LedgerError, match="unprocessed"):
+        ledger.add_queued(["o-1"], SOURCE, now=1.0)
+    assert calls["BatchWriteItem"] == dynamodb.MAX_BATCH_ATTEMPTS

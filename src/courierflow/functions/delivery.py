@@ -25,7 +25,7 @@ setup_logging()
 log = logging.getLogger("courierflow.delivery")
 
 _settings = Settings.from_env().with_secrets()
-_courier = Courier(ledger=open_ledger(_settings.ledger_url), settings=_settings)
+_courier = Courier(ledger=open_ledger(_settings.ledger_url, _settings.region), settings=_settings)
 
 
 def _order_id(doc: Any) -> str:

@@ -16,7 +16,7 @@ from courierflow.reconciler import Reconciler
 setup_logging()
 _settings = Settings.from_env().with_secrets()
 _reconciler = Reconciler(
-    ledger=open_ledger(_settings.ledger_url),
+    ledger=open_ledger(_settings.ledger_url, _settings.region),
     lambda_client=boto3.client("lambda", region_name=_settings.region),
     function_name=_settings.delivery_function,
     stuck_after_s=_settings.stuck_after_s,

@@ -58,7 +58,12 @@ class OrderRecord:
 
 @dataclass(frozen=True, slots=True)
 class FileRecord:
-    """One processed object, keyed by (bucket, key, etag)."""
+    """One processed object, keyed by (bucket, key, etag).
+
+    While the file is PROCESSING, ``rows`` and the counts are its last checkpoint: the
+    data rows fully handled so far (published and confirmed, or rejected) and what became
+    of them; a resumed attempt starts after those rows.
+    """
 
     bucket: str
     key: str
@@ -71,6 +76,12 @@ class FileRecord:
     error: str = ""
     started_at: float | None = None
     finished_at: float | None = None
+    #: the attempt holding a PROCESSING file (a Lambda request id, an SQS message id)
+    attempt: str = ""
+    #: until when that attempt may still be running; None: nobody holds the file
+    lease_until: float | None = None
+    #: when the last checkpoint was recorded; None: no checkpoint yet
+    checkpoint_at: float | None = None
 
     @property
     def source(self) -> str:
@@ -83,11 +94,58 @@ class Ledger(ABC):
     # --- files (idempotent ingestion) -------------------------------------------------
 
     @abstractmethod
-    def begin_file(self, bucket: str, key: str, etag: str, now: float) -> bool:
-        """Record that processing of this object version started.
+    def begin_file(
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        now: float,
+        *,
+        attempt: str = "",
+        lease_until: float | None = None,
+    ) -> bool:
+        """Record that processing of this object version started, held by ``attempt``
+        until ``lease_until`` (None: not held, anyone may resume it).
 
         Returns False when the same (bucket, key, etag) was already begun, so a duplicate
         notification publishes nothing twice. Must be idempotent.
+        """
+
+    @abstractmethod
+    def resume_file(
+        self, bucket: str, key: str, etag: str, *, attempt: str, lease_until: float, now: float
+    ) -> FileRecord | None:
+        """Take over a file left PROCESSING, to resume it after its checkpoint.
+
+        Succeeds when the file is held by nobody, by ``attempt`` itself (Lambda retries an
+        event with its request id) or by an attempt whose lease ended before ``now``; the
+        file is then held by ``attempt`` until ``lease_until``. A conditional write: of two
+        attempts racing to take over, one wins. An empty ``attempt`` matches no holder.
+
+        Returns:
+            The record, holding the checkpoint to resume from; None when the file is
+            unknown, done, refused, or held by another live attempt.
+        """
+
+    @abstractmethod
+    def checkpoint_file(
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        *,
+        attempt: str,
+        rows: int,
+        published: int,
+        rejected: int,
+        skipped: int,
+        now: float,
+    ) -> bool:
+        """Record the progress of an attempt that stops before the end of the file, and
+        let go of the file so the next attempt may resume after ``rows`` data rows.
+
+        Only the attempt holding a PROCESSING file may write its checkpoint; returns False
+        (and writes nothing) otherwise.
         """
 
     @abstractmethod
@@ -119,6 +177,9 @@ class Ledger(ABC):
 
         An order already delivered is left alone and not returned (a re-upload never
         re-delivers); any other known order is moved back to queued under this source.
+        A backend may batch its writes (the publisher passes hundreds of ids at a time),
+        but an order that exists when the call reads it is changed only by a conditional
+        write, so one delivered meanwhile is still left alone.
         """
 
     @abstractmethod
@@ -186,8 +247,9 @@ class Ledger(ABC):
         """Release connections."""
 
 
-def open_ledger(url: str) -> Ledger:
-    """Open the backend a ledger URL names: ``sqlite:///path`` or ``dynamodb://table``."""
+def open_ledger(url: str, region: str | None = None) -> Ledger:
+    """Open the backend a ledger URL names: ``sqlite:///path`` or ``dynamodb://table``
+    (in ``region``; default :func:`courierflow.config.resolve_region`)."""
     from courierflow.errors import ConfigError
 
     if url.startswith("sqlite:///"):
@@ -197,7 +259,7 @@ def open_ledger(url: str) -> Ledger:
     if url.startswith("dynamodb://"):
         from courierflow.ledger.dynamodb import DynamoDBLedger
 
-        return DynamoDBLedger(url.removeprefix("dynamodb://"))
+        return DynamoDBLedger(url.removeprefix("dynamodb://"), region=region)
     raise ConfigError(
         f"unknown ledger URL {url!r}: use sqlite:///PATH or dynamodb://TABLE "
         "(set COURIERFLOW_LEDGER_URL)"

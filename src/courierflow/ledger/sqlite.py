@@ -60,9 +60,29 @@ CREATE TABLE IF NOT EXISTS files (
     rejected INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '',
     started_at REAL, finished_at REAL,
+    attempt TEXT NOT NULL DEFAULT '', lease_until REAL, checkpoint_at REAL,
     PRIMARY KEY (bucket, key, etag)
 );
 """
+
+#: columns added to ``files`` after its first release: added to older ledger files on open
+_ADDED_FILE_COLUMNS = {
+    "attempt": "TEXT NOT NULL DEFAULT ''",
+    "lease_until": "REAL",
+    "checkpoint_at": "REAL",
+}
+
+_FILE_COLUMNS = (
+    "bucket, key, etag, state, rows, published, rejected, skipped, error, started_at,"
+    " finished_at, attempt, lease_until, checkpoint_at"
+)
+
+# Taking over a file left processing: nobody holds it, its holder's lease ended, or the
+# holder is this attempt (Lambda retries an event with its request id).
+_RESUMABLE = (
+    "files.state = 'processing' AND (files.lease_until IS NULL OR files.lease_until < :now"
+    " OR (files.attempt = :attempt AND :attempt != ''))"
+)
 
 # The claim: a new attempt may take the order when nobody delivered it, nobody holds a
 # live claim on it, or the claim is its own (Lambda retries an event with its request id).
@@ -128,6 +148,7 @@ class SQLiteLedger(Ledger):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.executescript(SCHEMA)
+                _add_missing_columns(conn)
                 # We wait for the write lock ourselves (see _begin); SQLite's own busy
                 # handler sleeps 1, 2, 5 ... 100 ms between tries, so a writer among
                 # hundreds of delivery processes could sleep long after the lock is free.
@@ -189,12 +210,60 @@ class SQLiteLedger(Ledger):
 
     # --- files -------------------------------------------------------------------------
 
-    def begin_file(self, bucket: str, key: str, etag: str, now: float) -> bool:
+    def begin_file(
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        now: float,
+        *,
+        attempt: str = "",
+        lease_until: float | None = None,
+    ) -> bool:
         with self._write() as conn:
             cur = conn.execute(
-                "INSERT INTO files (bucket, key, etag, state, started_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (bucket, key, etag, FileState.PROCESSING.value, now),
+                "INSERT INTO files (bucket, key, etag, state, started_at, attempt, lease_until)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (bucket, key, etag, FileState.PROCESSING.value, now, attempt, lease_until),
+            )
+            return cur.rowcount == 1
+
+    def resume_file(
+        self, bucket: str, key: str, etag: str, *, attempt: str, lease_until: float, now: float
+    ) -> FileRecord | None:
+        params = {"b": bucket, "k": key, "e": etag, "attempt": attempt, "lease": lease_until,
+                  "now": now}  # fmt: skip
+        where = "bucket = :b AND key = :k AND etag = :e"
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE files SET attempt = :attempt, lease_until = :lease"
+                f" WHERE {where} AND {_RESUMABLE}",
+                params,
+            )
+            if cur.rowcount != 1:
+                return None
+            row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE {where}", params)
+            return _file(row.fetchone())
+
+    def checkpoint_file(
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        *,
+        attempt: str,
+        rows: int,
+        published: int,
+        rejected: int,
+        skipped: int,
+        now: float,
+    ) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE files SET rows = ?, published = ?, rejected = ?, skipped = ?,"
+                " checkpoint_at = ?, lease_until = NULL WHERE bucket = ? AND key = ?"
+                " AND etag = ? AND state = 'processing' AND attempt = ?",
+                (rows, published, rejected, skipped, now, bucket, key, etag, attempt),
             )
             return cur.rowcount == 1
 
@@ -226,31 +295,13 @@ class SQLiteLedger(Ledger):
             )
 
     def get_file(self, bucket: str, key: str, etag: str | None = None) -> FileRecord | None:
-        sql = (
-            "SELECT bucket, key, etag, state, rows, published, rejected, skipped, error,"
-            " started_at, finished_at FROM files WHERE bucket = ? AND key = ?"
-        )
+        sql = f"SELECT {_FILE_COLUMNS} FROM files WHERE bucket = ? AND key = ?"
         params: list[object] = [bucket, key]
         if etag is not None:
             sql += " AND etag = ?"
             params.append(etag)
         rows = self._read(sql + " ORDER BY started_at DESC LIMIT 1", params)
-        if not rows:
-            return None
-        b, k, e, state, n_rows, published, rejected, skipped, error, started, finished = rows[0]
-        return FileRecord(
-            b,
-            k,
-            e,
-            FileState(state),
-            n_rows,
-            published,
-            rejected,
-            skipped,
-            error,
-            started,
-            finished,
-        )
+        return _file(rows[0]) if rows else None
 
     # --- orders ------------------------------------------------------------------------
 
@@ -382,3 +433,20 @@ class SQLiteLedger(Ledger):
 
 def _order(row: tuple) -> OrderRecord:
     return OrderRecord(row[0], OrderState(row[1]), *row[2:])
+
+
+def _file(row: tuple) -> FileRecord:
+    return FileRecord(row[0], row[1], row[2], FileState(row[3]), *row[4:])
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a ledger file written by an older release up to the current ``files``."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+    for name, declaration in _ADDED_FILE_COLUMNS.items():
+        if name in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE files ADD COLUMN {name} {declaration}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it first
+                raise

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def run_loop(settings: Settings, every_s: float, stuck_after_s: float, failure_queue: str) -> None:
     """One pass every ``every_s`` seconds until SIGTERM/SIGINT (one pass if 0)."""
     reconciler = Reconciler(
-        ledger=open_ledger(settings.ledger_url),
+        ledger=open_ledger(settings.ledger_url, settings.region),
         lambda_client=boto3.client("lambda", region_name=settings.region),
         function_name=settings.delivery_function,
         stuck_after_s=stuck_after_s,

@@ -25,7 +25,7 @@ def build_dispatcher(
     return Dispatcher(
         transport=open_transport(settings.queue_url, settings.queue, settings.region),
         invoker=EventInvoker(lambda_client, max_connections=workers),
-        ledger=open_ledger(settings.ledger_url),
+        ledger=open_ledger(settings.ledger_url, settings.region),
         function_name=settings.delivery_function,
         workers=workers,
         prefetch=prefetch,
