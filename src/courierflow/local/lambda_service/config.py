@@ -4,8 +4,20 @@ Flags: ``--function NAME=MODULE:HANDLER`` and ``--set NAME.KEY=VALUE`` where KEY
 ``timeout``, ``memory``, ``concurrency``, ``retry_delays`` (comma-separated seconds),
 ``max_retries``, ``max_event_age``, ``on_failure`` (SQS queue URL or a file path),
 ``idle_timeout``, ``provisioned_concurrency``, ``sqs_batch_size``, ``sqs_batching_window``,
-``report_batch_item_failures`` or ``env.VAR``. The TOML file has one table per function:
-``[functions.NAME]`` with ``handler = "MODULE:HANDLER"`` and the same keys (``env`` a table).
+``report_batch_item_failures``, ``code_dir``, ``layers`` (comma-separated folders),
+``runtime_python`` or ``env.VAR``. The TOML file has one table per function:
+``[functions.NAME]`` with ``handler = "MODULE:HANDLER"`` and the same keys (``env`` a table,
+``layers`` a list of strings).
+
+A function can be run as AWS runs it: ``code_dir`` is its own code (Lambda's /var/task),
+``layers`` the folders of its unpacked layer zips (each one's ``python`` and
+``python/lib/pythonX.Y/site-packages`` go on the import path, in the order given, after
+the code), and ``runtime_python`` an interpreter standing in for Lambda's Python runtime
+(a venv with only boto3, say). With ``runtime_python`` set the function runs isolated:
+under that interpreter with ``-I``, nothing on its path but its code, its layers and the
+interpreter's own packages, and only Lambda's environment variables (plus the AWS
+endpoint and credential ones) set. Without it, ``code_dir`` and ``layers`` go in front of
+the service's ``--code-dir`` folders and the function runs in the service's own venv.
 
 The account's limits, shared by every function, are off by default: an ``[account]``
 table with ``concurrency``, ``async_invoke_rate`` and ``async_invoke_burst``, or the flags
@@ -52,7 +64,19 @@ class FunctionConfig:
     sqs_batch_size: int = 10
     sqs_batching_window: float = 0.0
     report_batch_item_failures: bool = True
+    #: the function's own code folder (Lambda's /var/task, LAMBDA_TASK_ROOT); "" for none
+    code_dir: str = ""
+    #: folders of unpacked layers (each a layer zip's root), searched after the code
+    layers: tuple[str, ...] = ()
+    #: an interpreter standing in for Lambda's Python runtime; set, the function runs
+    #: isolated from the service's venv ("" keeps it in the service's venv)
+    runtime_python: str = ""
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the function runs under its own interpreter, away from the service's venv."""
+        return bool(self.runtime_python)
 
     @property
     def arn(self) -> str:
@@ -82,6 +106,9 @@ class FunctionConfig:
             if key == "retry_delays":
                 parts = value if isinstance(value, list) else str(value).split(",")
                 setattr(self, key, tuple(float(p) for p in parts if str(p).strip()))
+            elif key == "layers":
+                parts = value if isinstance(value, list) else str(value).split(",")
+                setattr(self, key, tuple(str(p).strip() for p in parts if str(p).strip()))
             elif kind == "bool":
                 setattr(self, key, str(value).lower() in ("1", "true", "yes", "on"))
             elif kind == "int":

@@ -3,6 +3,9 @@
 Environments are made on demand up to the function's concurrency, reused warm, replaced
 when they die or time out, and reaped when idle. A caller that finds the pool full
 either gets nothing (a synchronous invoke: 429) or waits its turn (asynchronous events).
+
+The zygote runs in the service's own interpreter and environment, or, for a function with
+``runtime_python``, isolated under that interpreter (see ``isolated.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from courierflow.errors import ConfigError
+from courierflow.local.lambda_service import isolated
 from courierflow.local.lambda_service.config import FunctionConfig
 from courierflow.local.lambda_service.protocol import encode, read_frame
 
@@ -89,14 +94,28 @@ class EnvironmentPool:
     """The environments of one function and the zygote that forks them."""
 
     def __init__(
-        self, config: FunctionConfig, socket_dir: Path, log_dir: Path, code_dirs: list[str]
+        self,
+        config: FunctionConfig,
+        socket_dir: Path,
+        log_dir: Path,
+        code_dirs: list[str],
+        runtime_root: Path | None = None,
     ) -> None:
+        """``code_dirs``: the service's ``--code-dir`` folders (not used by an isolated
+        function); ``runtime_root``: the private copy of the runtime, needed by one."""
         self.config = config
         self.socket_path = str(socket_dir / f"{config.name}.sock")
         self.log_path = log_dir / f"{config.name}.runtime.log"
         #: the function's CloudWatch-shaped log, appended to by the environments
         self.function_log = log_dir / f"{config.name}.log"
-        self.code_dirs = code_dirs
+        self.code_dirs = [] if config.isolated else code_dirs
+        self.runtime_root = runtime_root
+        self.code_dir, self.layers = isolated.resolve_folders(
+            config.name, config.code_dir, config.layers
+        )
+        #: the argv that starts the zygote (the socket and configuration follow it)
+        self.launcher = [sys.executable, "-m", "courierflow.local.lambda_service.runtime"]
+        self.python_version = _PYTHON
         self.idle: deque[Environment] = deque()
         self.busy: set[Environment] = set()
         self.total = 0  # busy + idle + being spawned
@@ -112,6 +131,8 @@ class EnvironmentPool:
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        if self.config.isolated:
+            await self._prepare_isolated()
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
         await self._start_zygote()
         await self._provision()
@@ -138,25 +159,42 @@ class EnvironmentPool:
                 failed[0],
             )
 
+    async def _prepare_isolated(self) -> None:
+        """Check the function's interpreter and start it as its zygote from now on.
+
+        Raises:
+            ConfigError: no private runtime copy was given, or the interpreter does not run.
+        """
+        if self.runtime_root is None:
+            raise ConfigError(f"{self.config.name}: runtime_python needs the runtime's copy")
+        python = isolated.resolve_interpreter(self.config.runtime_python)
+        self.python_version = await isolated.interpreter_version(python)
+        self.launcher = isolated.launcher(python, self.runtime_root)
+
     async def _start_zygote(self) -> None:
         spec = {
             **asdict(self.config),
+            "code_dir": self.code_dir,
+            "layers": self.layers,
             "code_dirs": self.code_dirs,
             "log_file": str(self.function_log),
+            "launcher": self.launcher,
         }
-        env = {**os.environ, **self.lambda_environment()}
+        if self.config.isolated:  # only what Lambda sets, plus where AWS is
+            env = {**isolated.passed_environment(os.environ), **self.lambda_environment()}
+        else:
+            env = {**os.environ, **self.lambda_environment()}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self._zygote = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "courierflow.local.lambda_service.runtime",
+                *self.launcher,
                 self.socket_path,
                 json.dumps(spec),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=out,
                 stderr=out,
                 env=env,
+                cwd=(self.code_dir or None) if self.config.isolated else None,
             )
 
     def lambda_environment(self) -> dict[str, str]:
@@ -169,11 +207,11 @@ class EnvironmentPool:
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(c.timeout)),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{c.name}",
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-            "AWS_EXECUTION_ENV": f"AWS_Lambda_python{_PYTHON}",
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_python{self.python_version}",
             "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
             "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION", "us-east-1"),
-            "LAMBDA_TASK_ROOT": self.code_dirs[0] if self.code_dirs else os.getcwd(),
-            "LAMBDA_RUNTIME_DIR": sys.prefix,
+            "LAMBDA_TASK_ROOT": self.code_dir or (self.code_dirs or [os.getcwd()])[0],
+            "LAMBDA_RUNTIME_DIR": str(self.runtime_root) if c.isolated else sys.prefix,
             "_HANDLER": c.handler,
             "TZ": ":UTC",
         }

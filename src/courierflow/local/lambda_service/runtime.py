@@ -1,13 +1,17 @@
 """The inside of an execution environment, and the zygote that forks them.
 
 Run as ``python -m courierflow.local.lambda_service.runtime SOCKET CONFIG_JSON`` by the
-service, once per function. The zygote imports the handler module once (the cold start
-AWS calls "init"), freezes the heap, and forks an environment each time it reads a line
-on stdin; forked environments share the imported module's memory until they write to it,
-which is what lets hundreds of them fit. Each environment connects to the service's
-socket, serves one invocation at a time and keeps module state between them (warm).
-A module that opens network connections while imported cannot be shared that way: the
-zygote then pre-imports only its libraries and each environment imports the module.
+service, once per function, or, for an isolated function, from a private copy under the
+function's own interpreter (``isolated.py``): so this module and the two it imports use
+the standard library only, and import each other relatively.
+
+The zygote imports the handler module once (the cold start AWS calls "init"), freezes the
+heap, and forks an environment each time it reads a line on stdin; forked environments
+share the imported module's memory until they write to it, which is what lets hundreds of
+them fit. Each environment connects to the service's socket, serves one invocation at a
+time and keeps module state between them (warm). A module that opens network connections
+while imported cannot be shared that way: the zygote then pre-imports only its libraries
+and each environment imports the module.
 
 Everything the handler writes to stdout/stderr (fd 1 and 2, so ``logging`` and C code
 too) goes to a private temporary file, which is read back after each invocation; the
@@ -34,8 +38,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from courierflow.local.lambda_service.logformat import log_block
-from courierflow.local.lambda_service.protocol import encode, recv_frame
+from .logformat import log_block
+from .protocol import encode, recv_frame
 
 #: handler output kept per invocation for the log (the rest is cut, with a note)
 MAX_LOG_BYTES = 256 * 1024
@@ -326,8 +330,8 @@ def reexec_importing_per_environment(sock_path: str, config: dict[str, Any]) -> 
         flush=True,
     )
     config = dict(config, preload="imports")
-    argv = [sys.executable, "-m", __spec__.name if __spec__ else __name__]
-    os.execv(sys.executable, [*argv, sock_path, json.dumps(config)])
+    argv = config.get("launcher") or [sys.executable, "-m", __spec__.name if __spec__ else __name__]
+    os.execv(argv[0], [*argv, sock_path, json.dumps(config)])
 
 
 def preload_imports(spec: str) -> None:
@@ -351,6 +355,19 @@ def preload_imports(spec: str) -> None:
                 importlib.import_module(name)
 
 
+def import_path(config: dict[str, Any]) -> list[str]:
+    """The folders the function's code is imported from, searched in this order:
+    its code (Lambda's /var/task), each layer's site-packages and ``python`` folders
+    (Lambda's /opt/python/lib/pythonX.Y/site-packages and /opt/python), in the order the
+    layers are given, then the service's ``--code-dir`` folders."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    paths = [config["code_dir"]] if config.get("code_dir") else []
+    for layer in config.get("layers") or []:
+        python = os.path.join(layer, "python")
+        paths += [os.path.join(python, "lib", version, "site-packages"), python]
+    return paths + list(config.get("code_dirs") or [])
+
+
 def main() -> None:
     """The zygote: import once, then fork an environment per line read on stdin."""
     sock_path, config = sys.argv[1], json.loads(sys.argv[2])
@@ -359,8 +376,7 @@ def main() -> None:
     # CPU to the manager and publisher while holding the ledger's write lock, and every
     # other courier waited (e2e bench, fleet 256: ramp-up 3-7 s instead of ~3 s).
     install_lambda_logging()
-    for path in reversed(config.get("code_dirs") or []):
-        sys.path.insert(0, path)
+    sys.path[:0] = import_path(config)
     started = time.perf_counter()
     if config.get("preload") == "imports":
         # Each environment runs the module's own code after the fork (its init), as on

@@ -18,6 +18,7 @@ from courierflow.local.lambda_service.config import AccountLimits, FunctionConfi
 from courierflow.local.lambda_service.environments import EnvironmentPool
 from courierflow.local.lambda_service.event_source import SqsPoller
 from courierflow.local.lambda_service.invoker import Function
+from courierflow.local.lambda_service.isolated import install_runtime
 from courierflow.local.lambda_service.limits import AccountConcurrency, TokenBucket
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,11 @@ async def serve(
     pollers: list[asyncio.Task[None]] = []
     runner: web.AppRunner | None = None
     try:
+        # Isolated functions run a private copy of the runtime, kept with the state.
+        any_isolated = any(config.isolated for config in functions.values())
+        runtime_root = install_runtime(state_dir / "runtime") if any_isolated else None
         for name, config in functions.items():
-            pool = EnvironmentPool(config, socket_dir, log_dir, code_dirs)
+            pool = EnvironmentPool(config, socket_dir, log_dir, code_dirs, runtime_root)
             running[name] = Function(config, pool, log_dir, executions)
             await running[name].start()
         for fn in running.values():
