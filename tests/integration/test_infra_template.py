@@ -4,7 +4,6 @@ queues, security groups)."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import re
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from courierflow.aws import template
 from courierflow.aws.deploy import DeployOptions, template_parameters
 from courierflow.ledger.dynamodb import TABLE_KEY_SCHEMA
 
@@ -29,46 +28,15 @@ LAYER_URI = "s3://courierflow-artifacts-test/courierflow/layer_contents.zip"
 LAB_ROLE = "arn:aws:iam::123456789012:role/LabRole"
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """YAML loader that turns CloudFormation's short tags into their long form."""
-
-
-def _tag(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-        if name == "Fn::GetAtt":
-            value = value.split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {name: value}
-
-
-_CfnLoader.add_multi_constructor("!", _tag)
-
-
 def load_template() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
-    return doc
-
-
-class NoManagedPolicies:
-    """The managed-policy loader the translator asks for; the template names ARNs itself."""
-
-    def load(self) -> dict[str, str]:
-        return {}
+    return template.parse(TEMPLATE.read_text())
 
 
 def transformed(parameters: dict[str, str], layer_uri: str = LAYER_URI) -> dict[str, Any]:
     """The template after the SAM transform, as CloudFormation would receive it."""
-    from samtranslator.translator.transform import transform
-
-    template = copy.deepcopy(load_template())
-    template["Resources"]["DependencyLayer"]["Properties"]["ContentUri"] = layer_uri
-    result: dict[str, Any] = transform(template, parameters, NoManagedPolicies())
-    return result
+    doc = load_template()
+    doc["Resources"]["DependencyLayer"]["Properties"]["ContentUri"] = layer_uri
+    return template.transform(doc, parameters)
 
 
 COMBINATIONS = [
@@ -352,7 +320,7 @@ def test_one_command_deploy_on_moto_uploads_stores_the_secret_and_applies_a_chan
     from moto import mock_aws
 
     from courierflow.aws import deploy as deployer
-    from tests.support.moto_gaps import layer_version_ref_is_its_arn
+    from courierflow.local.moto_gaps import layer_version_ref_is_its_arn
 
     layer_version_ref_is_its_arn()
     bucket = "courierflow-artifacts-123456789012-us-east-1"

@@ -65,6 +65,17 @@ def deploy(
             "instance, no hourly cost) or endpoints (an SSM interface endpoint, billed hourly)."
         ),
     ] = "nat-instance",
+    ami_parameter: Annotated[
+        str, typer.Option(help="SSM parameter naming the instance's AMI (Debian 12's).")
+    ] = "/aws/service/debian/release/12/latest/amd64",
+    transform_locally: Annotated[
+        bool,
+        typer.Option(
+            help="Run the SAM transform here and send the result: for a CloudFormation "
+            "stand-in without it (courierflow rehearse uses this against moto).",
+            hidden=True,
+        ),
+    ] = False,
     stack_name: Stack = "courierflow",
     region: Region = "us-east-1",
 ) -> None:
@@ -76,6 +87,7 @@ def deploy(
         stack_name=stack_name, region=region, transport=transport, mode=mode,
         role_arn=role_arn, instance_profile=instance_profile, key_name=key_name,
         ssh_cidr=ssh_cidr, instance_type=instance_type, private_access=private_access,
+        ami_parameter=ami_parameter, transform_locally=transform_locally,
     )  # fmt: skip
     try:
         out = run_deploy(options, say=typer.echo)

@@ -34,6 +34,8 @@ AMQP_USER = "courierflow"
 AMQP_VHOST = "courierflow"
 #: the SSM SecureString parameter holding the AMQP URL (with the generated password)
 PARAMETER = "/courierflow/amqp-url"
+#: Debian's public SSM parameter for its latest Debian 12 AMI
+DEBIAN_AMI_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
 #: the stack states that mean "finished" (successfully or not)
 DONE = ("_COMPLETE", "_FAILED")
 #: the layer path in the template, replaced by the uploaded zip's S3 URI
@@ -84,6 +86,11 @@ class DeployOptions:
     instance_type: str = "t3.micro"
     #: nat-instance (no hourly cost) or endpoints (an SSM interface endpoint)
     private_access: str = "nat-instance"
+    #: the SSM parameter naming the instance's AMI (Debian 12's public parameter)
+    ami_parameter: str = DEBIAN_AMI_PARAMETER
+    #: run the SAM transform here and send its output (for a CloudFormation stand-in
+    #: that has no transform, such as moto's server in `courierflow rehearse`)
+    transform_locally: bool = False
 
     def validate(self) -> None:
         """Raises DeployError naming the option when the combination cannot deploy."""
@@ -141,6 +148,7 @@ def template_parameters(
         "ArtifactPrefix": artifact_prefix,
         "BrokerSecretParameter": secret_parameter,
         "PrivateAccess": options.private_access,
+        "DebianAmi": options.ami_parameter,
         **size_for_concurrency(concurrency),
     }
     return params
@@ -254,6 +262,11 @@ def deploy(options: DeployOptions, say: Callable[[str], None] = print) -> dict[s
         store_broker_url(boto3.client("ssm", region_name=region), say)
     body = template_body(f"s3://{bucket}/{layer_key}")
     params = template_parameters(options, bucket, artifact_prefix=prefix, concurrency=concurrency)
+    if options.transform_locally:
+        from courierflow.aws.template import transform_text
+
+        say("running the SAM transform here (the stand-in account has none)")
+        body = transform_text(body, params)
     return _apply_change_set(options, body, params, say)
 
 

@@ -163,7 +163,8 @@ def spawn(
 def start_moto_server(state_dir: Path, port: int = 0) -> ManagedProcess:
     """moto's standalone server (S3, SQS, ...) on 127.0.0.1."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    # moto's server with the gaps courierflow relies on bridged (courierflow.local.moto_gaps)
+    argv = [sys.executable, "-m", "courierflow.local.moto_gaps", "-H", "127.0.0.1", "-p", str(port)]
     proc = spawn("moto", argv, state_dir / "logs" / "moto.log", port=port)
     proc.wait_for_port(30)
     return proc
