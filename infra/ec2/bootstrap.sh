@@ -19,7 +19,8 @@
 #   COURIERFLOW_SOURCE     wheel, folder or requirement to pip install (default: courierflow)
 #   COURIERFLOW_ENV        extra KEY=VALUE lines for the manager's environment file
 #   COURIERFLOW_ROOT       a folder that stands for / (default: /; a rehearsal installs
-#                          into a scratch folder); the two below are under it
+#                          into a scratch folder, and then systemd is never used); the two
+#                          below are under it
 #   COURIERFLOW_PREFIX     venv folder (default $COURIERFLOW_ROOT/opt/courierflow)
 #   COURIERFLOW_ETC        env file folder (default $COURIERFLOW_ROOT/etc/courierflow)
 #   RABBITMQ_BIN           folder of rabbitmq-server/rabbitmqctl (default /usr/sbin; a private
@@ -52,7 +53,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ "$USE_SYSTEMD" = auto ]; then
+if [ -n "${COURIERFLOW_ROOT:-}" ]; then
+  USE_SYSTEMD=0  # a scratch root (a rehearsal) never touches the machine's services
+elif [ "$USE_SYSTEMD" = auto ]; then
   if [ -d /run/systemd/system ]; then USE_SYSTEMD=1; else USE_SYSTEMD=0; fi
 fi
 

@@ -148,9 +148,12 @@ class Settings:
 
 
 def with_host(url: str, host: str) -> str:
-    """``url`` with its host replaced, credentials, port and path kept."""
+    """``url`` with its host replaced, credentials, port and path kept; ``host`` may be
+    ``HOST:PORT`` to replace the port too (a stand-in on another port)."""
     parts = urlsplit(url)
     userinfo, _, hostport = parts.netloc.rpartition("@")
     port = hostport.rpartition(":")[2] if ":" in hostport else ""
+    if ":" in host:
+        host, port = host.rsplit(":", 1)
     netloc = (f"{userinfo}@" if userinfo else "") + host + (f":{port}" if port else "")
     return urlunsplit(parts._replace(netloc=netloc))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -107,8 +108,52 @@ def destroy(stack_name: Stack = "courierflow", region: Region = "us-east-1") -> 
         raise _fail(exc) from None
 
 
+def rehearse(
+    transport: Annotated[str, typer.Option(help="rabbitmq or sqs.")] = "rabbitmq",
+    mode: Annotated[str, typer.Option(help="manager or serverless (sqs only).")] = "manager",
+    orders: Annotated[Path, typer.Option(help="The CSV file to submit.")] = Path(
+        "examples/orders.csv"
+    ),
+    report_json: Annotated[
+        Path | None, typer.Option(help="Write the summary (the keys of run's) here.")
+    ] = None,
+    redeploy: Annotated[
+        bool, typer.Option(help="Deploy again with a changed handler and check it runs.")
+    ] = True,
+) -> None:
+    """Deploy to a stand-in account on this machine (moto) and run what deploy ships:
+    the functions from their layer alone, the instance's user data and the manager's
+    unit; submit FILE --aws must deliver every order. Exit 0 only when it does."""
+    from courierflow.aws.rehearsal import RehearsalOptions, succeeded
+    from courierflow.aws.rehearsal import rehearse as run_rehearsal
+    from courierflow.config import Settings
+
+    options = RehearsalOptions(transport=transport, mode=mode, orders=orders,
+                               home=Settings.from_env().home, redeploy=redeploy)  # fmt: skip
+    try:
+        summary = run_rehearsal(options, say=lambda line: typer.echo(line, err=True))
+    except CourierflowError as exc:
+        raise _fail(exc) from None
+    if report_json is not None:
+        report_json.write_text(json.dumps(summary, indent=2))
+    details = summary.get("rehearsal", {})
+    typer.echo(
+        f"rehearsal {transport}/{mode}: {summary.get('delivered', 0)} delivered, "
+        f"{summary.get('failed', 0)} failed, {summary.get('lost', 0)} lost"
+        + (
+            f"; second deploy: {details.get('second_delivered', 0)} delivered, changed "
+            f"handler {'running' if details.get('change_running') else 'NOT seen'}"
+            if "change_running" in details
+            else ""
+        )
+    )
+    if not succeeded(summary):
+        raise typer.Exit(1)
+
+
 def register(root: typer.Typer) -> None:
     """Add the top-level AWS commands to the root app."""
+    root.command("rehearse")(rehearse)
     root.command("deploy")(deploy)
     root.command("destroy")(destroy)
     root.command("build-layer")(build_layer)

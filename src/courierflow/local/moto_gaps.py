@@ -28,9 +28,78 @@ def layer_version_ref_is_its_arn() -> None:
         LayerVersion.physical_resource_id = property(physical_resource_id)  # type: ignore[attr-defined]
 
 
+def ssm_typed_parameters_resolve_once() -> None:
+    """A parameter of type ``AWS::SSM::Parameter::Value<...>`` holds a parameter's name;
+    CloudFormation looks it up once. moto 5.2 looks it up again when it executes a
+    change set, with the value it already resolved as the name, and fails
+    (``AttributeError`` in ``ResourceMap.parse_ssm_parameter``): a value that names no
+    parameter is taken as already resolved."""
+    from moto.cloudformation.parsing import ResourceMap
+    from moto.ssm.models import ssm_backends
+
+    original = ResourceMap.parse_ssm_parameter
+    if getattr(original, "_courierflow_bridge", False):
+        return
+
+    def parse_ssm_parameter(self: Any, value: str, value_type: str) -> Any:
+        backend = ssm_backends[self._account_id][self._region_name]
+        if backend.get_parameter(value) is None:
+            return value
+        return original(self, value, value_type)
+
+    parse_ssm_parameter._courierflow_bridge = True  # type: ignore[attr-defined]
+    ResourceMap.parse_ssm_parameter = parse_ssm_parameter  # type: ignore[method-assign]
+
+
+def change_sets_set_the_stacks_outputs() -> None:
+    """A stack created or updated through a change set has the outputs of its new
+    template. moto 5.2 builds a stack's outputs when the stack object is made (from an
+    empty template, for a CREATE change set) and not when a change set is executed, so
+    ``DescribeStacks`` shows none."""
+    from moto.cloudformation.models import ChangeSet
+
+    original = ChangeSet.apply
+    if getattr(original, "_courierflow_bridge", False):
+        return
+
+    def apply(self: Any) -> None:
+        original(self)
+        self.stack.template_dict = self.template_dict
+        self.stack.output_map = self.stack._create_output_map()
+
+    apply._courierflow_bridge = True  # type: ignore[attr-defined]
+    ChangeSet.apply = apply  # type: ignore[method-assign]
+
+
+def functions_keep_their_layers() -> None:
+    """A function created by CloudFormation has the ``Layers`` its template lists. moto
+    5.2 leaves ``Layers`` out of the properties it reads when CloudFormation creates a
+    function (it honours them only on update)."""
+    from moto.awslambda.models import LambdaFunction
+
+    original = LambdaFunction.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+    if getattr(original, "_courierflow_bridge", False):
+        return
+
+    def create(
+        cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kw: Any
+    ) -> Any:
+        function = original(cls, resource_name, cloudformation_json, *args, **kw)
+        layers = cloudformation_json.get("Properties", {}).get("Layers")
+        if layers:
+            function.layers = function._get_layers_data(layers)
+        return function
+
+    create._courierflow_bridge = True  # type: ignore[attr-defined]
+    LambdaFunction.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+
+
 def apply_all() -> None:
     """Every bridge of this module."""
     layer_version_ref_is_its_arn()
+    ssm_typed_parameters_resolve_once()
+    change_sets_set_the_stacks_outputs()
+    functions_keep_their_layers()
 
 
 def main() -> None:

@@ -143,7 +143,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def spawn(
-    name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None, port: int = 0
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    cwd: str | Path | None = None,
 ) -> ManagedProcess:
     """Start ``argv`` in a new session with stdout and stderr going to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +159,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
     log.info("started %s (pid %d)", name, popen.pid)
