@@ -29,6 +29,7 @@ import boto3
 import pytest
 
 from courierflow.aws import deploy
+from courierflow.aws.rehearsal import shell_part, unit_environment
 from courierflow.ledger.dynamodb import DynamoDBLedger
 from courierflow.local.processes import stop_pid
 from courierflow.orders import OrderState
@@ -53,29 +54,7 @@ def render_user_data(values: dict[str, str]) -> str:
         name = match.group(1)
         return "${" + name[1:] + "}" if name.startswith("!") else values[name]
 
-    rendered = re.sub(r"\$\{([^}]+)\}", sub, text)
-    script = rendered.split('filename="courierflow.sh"\n\n', 1)[1]
-    return script.rsplit("--//courierflow//--", 1)[0]
-
-
-def unit_environment(root: Path) -> tuple[list[str], dict[str, str]]:
-    """ExecStart and the environment systemd would give the manager (paths under root)."""
-    env: dict[str, str] = {}
-    argv: list[str] = []
-    for line in UNIT.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key == "EnvironmentFile":
-            for entry in (root / value.lstrip("/")).read_text().splitlines():
-                if entry and not entry.startswith("#"):
-                    name, _, val = entry.partition("=")
-                    env[name] = val
-        elif key == "Environment":
-            name, _, val = value.partition("=")
-            env[name] = str(root / val.lstrip("/")) if val.startswith("/") else val
-        elif key == "ExecStart":
-            program, *args = value.split()
-            argv = [str(root / program.lstrip("/")), *args]
-    return argv, env
+    return shell_part(re.sub(r"\$\{([^}]+)\}", sub, text))
 
 
 @pytest.fixture
@@ -165,7 +144,7 @@ def test_user_data_installs_the_wheel_and_the_manager_runs_from_its_unit(
     env_file = root / "etc" / "courierflow" / "manager.env"
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
     assert "amqp" not in env_file.read_text().lower()  # SQS: no broker, no secret to read
-    argv, env = unit_environment(root)
+    argv, env = unit_environment(UNIT, root)
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"  # botocore's region variable
     Path(env["COURIERFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     env = {**env, **INSTANCE_CREDENTIALS, **_endpoints(account["url"])}
@@ -180,7 +159,8 @@ def test_user_data_installs_the_wheel_and_the_manager_runs_from_its_unit(
             assert time.monotonic() < deadline, "the manager did not declare its queue"
             assert manager.poll() is None, manager.communicate()[0][-3000:]
             time.sleep(0.2)
-        clients["sqs"].send_message(QueueUrl=queue_url, MessageBody=json.dumps(order))
+        sent_to = clients["sqs"].get_queue_url(QueueName=queue_name)["QueueUrl"]
+        clients["sqs"].send_message(QueueUrl=sent_to, MessageBody=json.dumps(order))
         ledger = DynamoDBLedger(account["table"], client=clients["dynamodb"])
         deadline = time.monotonic() + 60
         states: dict[str, OrderState] = {}
