@@ -37,6 +37,34 @@ def check(region: Region = "us-east-1") -> None:
         typer.echo(f"{key:>8}: {value}")
 
 
+@app.command()
+def smoke(
+    stack_name: Stack = "courierflow",
+    region: Region = "us-east-1",
+    orders: Annotated[int, typer.Option(help="Orders in the smoke file.", min=1)] = 5,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for them.")] = 600.0,
+    report_json: Annotated[Path | None, typer.Option(help="Also write the report here.")] = None,
+) -> None:
+    """After a deploy: upload a few fresh orders and wait for every one. On failure, name
+    the part that did not answer (publisher, manager, delivery) and quote its logs."""
+    from courierflow.aws.smoke import run_smoke
+
+    try:
+        report = run_smoke(stack_name, region, orders, timeout,
+                           say=lambda line: typer.echo(line, err=True))  # fmt: skip
+    except CourierflowError as exc:
+        raise _fail(exc) from None
+    if report_json is not None:
+        report_json.write_text(json.dumps(report.to_dict(), indent=2))
+    for order, state in report.states.items():
+        typer.echo(f"{order}: {state}")
+    if not report.ok:
+        typer.echo(f"not delivered: {report.failed_part} did not answer", err=True)
+        for line in report.diagnosis:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(1)
+
+
 def build_layer(
     out: Annotated[Path, typer.Option(help="Zip to write.")] = Path("layer_contents.zip"),
     python_version: Annotated[str, typer.Option(help="Lambda runtime's Python.")] = "3.11",
