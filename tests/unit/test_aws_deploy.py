@@ -112,3 +112,18 @@ def test_the_event_age_covers_a_files_drain_time_at_the_accounts_concurrency(
     from courierflow.aws.deploy import size_for_concurrency
 
     assert size_for_concurrency(concurrency) == {"DeliveryEventAgeS": str(age)}
+
+
+def test_aws_check_reports_concurrency_instance_types_and_roles_of_a_lab_account() -> None:
+    from courierflow.aws.deploy import check
+
+    with mock_aws():
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_role(RoleName="LabRole", AssumeRolePolicyDocument="{}")
+        report = check("us-east-1")
+    assert report["lab_role"].endswith(":role/LabRole")
+    assert "LabInstanceProfile" in report["advice"]
+    assert "t3.micro" in report["instance_types"]
+    # moto does not implement GetAccountSettings: deploy plans for a lab's 10
+    assert report["concurrency"].startswith("unknown")
+    assert report["event_age_s"] == "21600"

@@ -207,13 +207,35 @@ def check(region: str) -> dict[str, str]:
     )
     planned = concurrency or ASSUMED_CONCURRENCY
     report["event_age_s"] = size_for_concurrency(planned)["DeliveryEventAgeS"]
+    report["instance_types"] = _instance_types(region)
     try:
         iam.get_role(RoleName="LabRole")
         report["lab_role"] = f"arn:aws:iam::{identity['Account']}:role/LabRole"
-        report["advice"] = "Learner Lab detected: deploy with --role-arn " + report["lab_role"]
+        report["roles"] = "cannot be created here (Learner Lab): use LabRole"
+        report["advice"] = (
+            f"Learner Lab detected: deploy with --role-arn {report['lab_role']} "
+            "--instance-profile LabInstanceProfile"
+        )
     except ClientError:
-        report["advice"] = "no LabRole: the template creates least-privilege roles"
+        report["roles"] = "the template creates least-privilege roles (needs iam:CreateRole)"
+        report["advice"] = "no LabRole: the template creates its own roles"
     return report
+
+
+#: the instance types the template allows
+INSTANCE_TYPES = ("t3.micro", "t2.micro", "t3.small")
+
+
+def _instance_types(region: str) -> str:
+    """Which of the template's instance types this region offers (or why unknown)."""
+    try:
+        found = boto3.client("ec2", region_name=region).describe_instance_type_offerings(
+            Filters=[{"Name": "instance-type", "Values": list(INSTANCE_TYPES)}]
+        )
+    except (ClientError, BotoCoreError) as exc:
+        return f"unknown ({exc})"
+    offered = sorted({o["InstanceType"] for o in found.get("InstanceTypeOfferings", [])})
+    return ", ".join(offered) or "none of " + ", ".join(INSTANCE_TYPES)
 
 
 def _artifact_bucket(s3: Any, account: str, region: str) -> str:
