@@ -45,6 +45,7 @@ def test_rabbitmq_and_manager_deliver_every_order_and_a_redeploy_runs_the_change
     details = summary["rehearsal"]
     assert details["second_delivered"] == 100
     assert details["change_running"] is True
+    assert details["instance_credentials_from_imds"] is True
     assert "100 delivered" in result.stdout
     # the bootstrap configured the broker as on the instance, from the deployed user data
     user_data_log = (tmp_path / "rehearsal" / "user-data.log").read_text()

@@ -19,8 +19,10 @@ stack describes them:
   changed delivery handler must run the change.
 
 What is added to the stack's own configuration is only what stands in for the network:
-the endpoint variables pointing at the stand-ins, dummy credentials (the role's), and the
-broker's address (the instance's private IP is 127.0.0.1 and a free port here).
+the endpoint variables pointing at the stand-ins, dummy credentials (given to functions in
+their environment as Lambda gives them, and to the instance through a stand-in of the
+instance metadata service as EC2 gives them), and the broker's address (the instance's
+private IP is 127.0.0.1 and a free port here).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import boto3
 
 from courierflow.aws import deploy
+from courierflow.aws.imds import MetadataService
 from courierflow.errors import CourierflowError
 from courierflow.local.processes import (
     RABBITMQ_SERVER,
@@ -100,6 +103,7 @@ class Rehearsal:
     moto_url: str = ""
     lambda_url: str = ""
     broker: RabbitNode | None = None
+    imds: MetadataService | None = None
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
     # --- environments ---------------------------------------------------------------------
@@ -113,6 +117,14 @@ class Rehearsal:
             "AWS_DEFAULT_REGION": REGION,
             **CREDENTIALS,
         }
+
+    def instance_env(self) -> dict[str, str]:
+        """What the instance's processes get from EC2 besides their own environment: the
+        stand-in endpoints and, through the metadata service, the role's credentials
+        (no credentials or region in the environment)."""
+        assert self.imds is not None
+        endpoints = {k: v for k, v in self.aws_env().items() if k.startswith("AWS_ENDPOINT_URL")}
+        return {**endpoints, "AWS_EC2_METADATA_SERVICE_ENDPOINT": self.imds.url}
 
     def client(self, service: str) -> Any:
         make: Any = boto3.client
@@ -156,6 +168,9 @@ class Rehearsal:
         self.moto_url = f"http://127.0.0.1:{moto.port}"
         self.lambda_url = f"http://127.0.0.1:{free_port()}"
         self.client("ssm").put_parameter(Name=AMI_PARAMETER, Value=STAND_IN_AMI, Type="String")
+        self.imds = MetadataService(
+            CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"], REGION
+        ).start()
         self.say(f"stand-in account: moto at {self.moto_url}")
 
     def deploy(self, source: Path | None = None) -> None:
@@ -194,7 +209,7 @@ class Rehearsal:
             "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin",
             "LANG": "C.UTF-8",
             "COURIERFLOW_ROOT": str(root),
-            **self.aws_env(),
+            **self.instance_env(),
         }
         if self.options.transport == "rabbitmq":
             env.update(self._broker_env())
@@ -242,7 +257,7 @@ class Rehearsal:
             self.processes.pop("manager").stop()
         argv, env = unit_environment(UNIT_FILE, root)
         Path(env["COURIERFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-        env = {**env, **self.aws_env()}
+        env = {**env, **self.instance_env()}
         if self.broker:
             env["COURIERFLOW_AMQP_HOST"] = self.broker_address()
         self.processes["manager"] = spawn(
@@ -284,6 +299,8 @@ class Rehearsal:
                 self.processes.pop(name).stop()
         if self.broker is not None:
             self.broker.stop()
+        if self.imds is not None:
+            self.imds.stop()
         for proc in self.processes.values():
             stop_pid(proc.pid)
 
@@ -563,6 +580,8 @@ def rehearse(options: RehearsalOptions, say: Callable[[str], None]) -> dict[str,
             "transport": options.transport,
             "mode": options.mode,
             "first_run_s": round(time.monotonic() - started, 1),
+            # the instance's processes asked the metadata service for the role's keys
+            "instance_credentials_from_imds": bool(run.imds and run.imds.requests),
         }
         if options.redeploy:
             say("deploying again with a changed delivery handler ...")
