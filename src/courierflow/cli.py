@@ -89,6 +89,26 @@ PlotOpt = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from courierflow import __version__
+
+        typer.echo(f"courierflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """courierflow: event-driven order processing, on AWS or on one machine."""
+
+
 def _settings() -> Settings:
     return Settings.from_env()
 
