@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from courierflow.errors import ConfigError
+
 #: the broker a fresh RabbitMQ install answers on
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 #: the queue orders are published to
@@ -24,6 +26,11 @@ DEFAULT_DELIVERY_FUNCTION = "lambda_delivery"
 DEFAULT_REGION = "us-east-1"
 #: the local state folder (ledger, logs, pids), relative to the working directory
 DEFAULT_HOME = ".courierflow"
+#: the ``service`` key of every log line and the metrics' dimension (Powertools' own
+#: default is "service_undefined")
+DEFAULT_SERVICE = "courierflow"
+#: the log level when no variable names one
+DEFAULT_LOG_LEVEL = "INFO"
 
 
 def resolve_region(env: Mapping[str, str] | None = None) -> str:
@@ -50,13 +57,39 @@ def resolve_region(env: Mapping[str, str] | None = None) -> str:
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    """``env[name]`` as a number, ``default`` when unset or empty.
+
+    Raises:
+        ConfigError: naming the variable, what it holds and what it accepts.
+    """
     raw = env.get(name)
-    return default if raw in (None, "") else float(raw)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a number: it accepts a decimal such as 0.5 "
+            f"(unset, it is {default})"
+        ) from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    """``env[name]`` as a whole number, ``default`` when unset or empty.
+
+    Raises:
+        ConfigError: naming the variable, what it holds and what it accepts.
+    """
     raw = env.get(name)
-    return default if raw in (None, "") else int(raw)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a whole number: it accepts an integer such as {default} "
+            f"(unset, it is {default})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -157,3 +190,42 @@ def with_host(url: str, host: str) -> str:
         host, port = host.rsplit(":", 1)
     netloc = (f"{userinfo}@" if userinfo else "") + host + (f":{port}" if port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How logs are written (``courierflow.logs.setup_logging``), under the variable
+    names Powertools and Lambda document, so a function configured for either logs the
+    same way. Lambda's own JSON log format (``AWS_LAMBDA_LOG_FORMAT=JSON``) needs
+    nothing here: our lines are JSON objects already, which Lambda passes through."""
+
+    #: POWERTOOLS_LOG_LEVEL, then AWS_LAMBDA_LOG_LEVEL (Lambda's advanced logging
+    #: controls: TRACE, DEBUG, INFO, WARN, ERROR, FATAL), then COURIERFLOW_LOG_LEVEL
+    level: str = DEFAULT_LOG_LEVEL
+    #: POWERTOOLS_SERVICE_NAME: the ``service`` key of every line and metric
+    service: str = DEFAULT_SERVICE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LogSettings:
+        env = os.environ if env is None else env
+        level = (
+            env.get("POWERTOOLS_LOG_LEVEL")
+            or env.get("AWS_LAMBDA_LOG_LEVEL")
+            or env.get("COURIERFLOW_LOG_LEVEL")
+            or DEFAULT_LOG_LEVEL
+        )
+        return cls(
+            level=level.strip().upper(),
+            service=env.get("POWERTOOLS_SERVICE_NAME") or DEFAULT_SERVICE,
+        )
+
+
+def xray_trace_id(env: Mapping[str, str] | None = None) -> str:
+    """The current invocation's X-Ray trace id ("1-5759e988-bd862e3fe1be46a994272793"):
+    the ``Root=`` part of ``_X_AMZN_TRACE_ID``, which Lambda's runtime sets before each
+    invocation, so read it per invocation; "" when unset."""
+    raw = (os.environ if env is None else env).get("_X_AMZN_TRACE_ID", "")
+    for part in raw.split(";"):
+        if part.startswith("Root="):
+            return part.removeprefix("Root=")
+    return ""

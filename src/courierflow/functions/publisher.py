@@ -23,16 +23,21 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from courierflow.config import Settings
+from courierflow import logs, metrics
+from courierflow.config import LogSettings, Settings, xray_trace_id
 from courierflow.csvreader import ReaderLimits
 from courierflow.errors import CourierflowError, PublishIncomplete
 from courierflow.functions.events import s3_objects
 from courierflow.ledger.base import open_ledger
-from courierflow.logs import setup_logging
-from courierflow.publishing import OrderPublisher, no_deadline
+from courierflow.metrics import Metric, Unit
+from courierflow.publishing import FileSummary, OrderPublisher, no_deadline
 from courierflow.transports.base import open_transport
 
-setup_logging()
+#: file outcomes that are no new file: our own rejects report, a repeated notification
+UNCOUNTED = ("ignored", "duplicate")
+
+_log_settings = LogSettings.from_env()
+logs.setup_logging(_log_settings)
 log = logging.getLogger("courierflow.publisher")
 
 # Cold start: clients are built once per environment and reused while it is warm.
@@ -55,6 +60,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     ``batchItemFailures`` so only that notification is retried; given directly, the
     error is raised and Lambda's asynchronous retries take over.
     """
+    logs.inject_context(context, xray_trace_id())
     files: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     time_left = _time_left(context)
@@ -67,6 +73,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 ref.bucket, ref.key, ref.etag, time_left=time_left, attempt=attempt
             )
             files.append(summary.to_dict())
+            if summary.status not in UNCOUNTED:
+                _emit_file_metrics(summary)
         except CourierflowError as exc:
             if isinstance(exc, PublishIncomplete):
                 log.warning("%s", exc)
@@ -76,6 +84,19 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 raise
             failures.append({"itemIdentifier": ref.message_id})
     return {"files": files, "batchItemFailures": failures}
+
+
+def _emit_file_metrics(summary: FileSummary) -> None:
+    """The file's summary as CloudWatch metrics (EMF), once per file: from the attempt
+    that finished it (an attempt stopped at a checkpoint reports nothing)."""
+    metrics.emit(
+        {
+            Metric.ORDERS_PUBLISHED: (summary.published, Unit.COUNT),
+            Metric.ORDERS_REJECTED: (summary.rejected, Unit.COUNT),
+        },
+        {"service": _log_settings.service},
+        properties={"file": summary.file, "status": summary.status},
+    )
 
 
 def _time_left(context: Any) -> Callable[[], float]:

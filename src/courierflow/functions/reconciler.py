@@ -8,12 +8,12 @@ from typing import Any
 
 import boto3
 
-from courierflow.config import Settings
+from courierflow import logs
+from courierflow.config import LogSettings, Settings, xray_trace_id
 from courierflow.ledger.base import open_ledger
-from courierflow.logs import setup_logging
 from courierflow.reconciler import Reconciler
 
-setup_logging()
+logs.setup_logging(LogSettings.from_env())
 _settings = Settings.from_env().with_secrets()
 _reconciler = Reconciler(
     ledger=open_ledger(_settings.ledger_url, _settings.region),
@@ -28,4 +28,5 @@ _reconciler = Reconciler(
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Run one reconciliation pass and return what it did."""
+    logs.inject_context(context, xray_trace_id())
     return asdict(_reconciler.run_once())
