@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import boto3
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from courierflow.aws import cli as aws_cli
+from courierflow.aws.cli import Mode, Output, OutputOpt, Profile, Region, Transport, echo_json
 from courierflow.config import Settings
-from courierflow.errors import ConnectionLost, CourierflowError
+from courierflow.errors import ConnectionLost, CourierflowError, StackError
+from courierflow.exitcodes import ExitCode, exit_code_for, exit_code_for_run
 from courierflow.ledger.base import Ledger, open_ledger
 from courierflow.local import runner, stack
 from courierflow.local.lambda_service import cli as lambda_cli
@@ -27,7 +32,36 @@ from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS
 from courierflow.orders import OrderState
 from courierflow.report.summary import RunSummary
 
+if TYPE_CHECKING:
+    from typer._click.core import Context  # what TyperGroup.invoke is declared with
+
+#: the data a command produces (tables, lists, JSON): what a pipe or a script reads
+stdout = Console()
+#: progress, confirmations, warnings and errors: what a person watches
+stderr = Console(stderr=True)
+
+
+class _Commands(TyperGroup):
+    """The root command: an error of courierflow's ends the command with one sentence on
+    stderr and the exit code of its kind (courierflow.exitcodes), for every subcommand."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CourierflowError as exc:
+            stderr.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            if isinstance(exc, ConnectionLost):
+                stderr.print(
+                    "is the local stack up? Start it with `courierflow up`, or point "
+                    "COURIERFLOW_QUEUE_URL (or COURIERFLOW_AMQP_URL) at your broker."
+                )
+            ctx.exit(exit_code_for(exc))
+        except KeyboardInterrupt:
+            ctx.exit(ExitCode.INTERRUPTED)
+
+
 app = typer.Typer(
+    cls=_Commands,
     help=(
         "courierflow: event-driven order processing (S3 -> publisher Lambda -> RabbitMQ -> "
         "manager -> a delivery Lambda per order), on AWS or on one machine.\n\n"
@@ -43,7 +77,6 @@ app.add_typer(aws_cli.app, name="aws")
 aws_cli.register(app)
 dlq_app = typer.Typer(help="Dead-lettered orders: look at them, put them back after a fix.")
 app.add_typer(dlq_app, name="dlq")
-console = Console(stderr=True)
 
 Fleet = Annotated[
     int,
@@ -58,32 +91,55 @@ Warm = Annotated[
     ),
 ]
 TimeScale = Annotated[
-    float, typer.Option(help="Multiplies delivery delays: 0.01 turns 2-10 s into 20-100 ms.")
+    float,
+    typer.Option(
+        envvar="COURIERFLOW_TIME_SCALE",
+        min=0.0,
+        help="Multiplies delivery delays: 0.01 turns 2-10 s into 20-100 ms.",
+    ),
 ]
 FailRate = Annotated[
-    float, typer.Option(help="Fraction of orders whose delivery fails (fault injection).")
+    float,
+    typer.Option(
+        envvar="COURIERFLOW_FAIL_RATE",
+        min=0.0,
+        max=1.0,
+        help="Fraction of orders whose delivery fails (fault injection).",
+    ),
 ]
 DuplicateRate = Annotated[
     float,
     typer.Option(
+        envvar="COURIERFLOW_DUPLICATE_RATE",
+        min=0.0,
+        max=1.0,
         help="Fraction of orders the manager invokes twice (fault injection: the claim "
-        "must skip each second attempt; the summary counts them as duplicates)."
+        "must skip each second attempt; the summary counts them as duplicates).",
     ),
 ]
 TransportOpt = Annotated[
-    str, typer.Option("--transport", help="Queue: rabbitmq, or sqs (moto's SQS locally).")
+    Transport, typer.Option("--transport", help="Queue: rabbitmq, or sqs (moto's SQS locally).")
 ]
 ModeOpt = Annotated[
-    str,
+    Mode,
     typer.Option(
         "--mode", help="manager (a consumer invokes each delivery) or serverless (sqs only)."
+    ),
+]
+CsvFile = Annotated[
+    Path,
+    typer.Argument(
+        help="CSV file of orders (see README: CSV schema).", exists=True, dir_okay=False
     ),
 ]
 ReportHtml = Annotated[
     Path | None,
     typer.Option(help="Where to write report.html [default: COURIERFLOW_HOME/report.html]."),
 ]
-ReportJson = Annotated[Path | None, typer.Option(help="Also write the summary as JSON here.")]
+ReportJson = Annotated[
+    Path | None,
+    typer.Option(help="Also write the summary as JSON here (the keys of --output json)."),
+]
 PlotOpt = Annotated[
     Path | None, typer.Option("--plot", help="Also draw the delivery timeline to this PNG.")
 ]
@@ -116,7 +172,7 @@ def _settings() -> Settings:
 def _running_stack(settings: Settings) -> stack.StackInfo:
     info = stack.load(settings.home)
     if info is None or not info.alive():
-        raise CourierflowError(
+        raise StackError(
             f"no local stack is running from {settings.home}: start one with `courierflow up`"
         )
     return info
@@ -135,14 +191,17 @@ def up(
     fail_rate: FailRate = 0.0,
     duplicate_rate: DuplicateRate = 0.0,
     managers: Annotated[int, typer.Option(help="Manager processes consuming the queue.")] = 1,
-    transport: TransportOpt = "rabbitmq",
-    mode: ModeOpt = "manager",
+    transport: TransportOpt = Transport.RABBITMQ,
+    mode: ModeOpt = Mode.MANAGER,
     dashboard_port: Annotated[
         int, typer.Option(help="Live dashboard port on 127.0.0.1 (0: no dashboard).", min=0)
     ] = 8765,
 ) -> None:
     """Start the local stack: RabbitMQ, moto (S3, SQS), the Lambda service, the manager,
-    the reconciler and the live dashboard. Then `courierflow submit FILE`."""
+    the reconciler and the live dashboard. Then `courierflow submit FILE`.
+
+    The stack's addresses go to stdout, with `export` lines for boto3 and the AWS CLI."""
+    aws_cli.check_shape(transport, mode)
     info = _start_stack(
         _settings(),
         fleet,
@@ -151,8 +210,8 @@ def up(
         fail_rate=fail_rate,
         duplicate_rate=duplicate_rate,
         managers=managers,
-        transport=transport,
-        mode=mode,
+        transport=transport.value,
+        mode=mode.value,
         dashboard_port=dashboard_port,
     )
     _print_stack(info)
@@ -161,7 +220,7 @@ def up(
 def _start_stack(settings: Settings, fleet: int, warm: bool, **options: Any) -> stack.StackInfo:
     """Bring the local stack up; ``warm`` provisions every delivery environment."""
     wanted = stack.StackOptions(fleet=fleet, provisioned=fleet if warm else 0, **options)
-    with console.status("starting the local stack (RabbitMQ takes ~20 s on first start)"):
+    with stderr.status("starting the local stack (RabbitMQ takes ~20 s on first start)"):
         return stack.up(settings, wanted)
 
 
@@ -175,23 +234,24 @@ def _print_stack(info: stack.StackInfo) -> None:
     table.add_row("logs", f"{info.home}/logs, `courierflow lambda logs lambda_delivery`")
     if info.dashboard_url:
         table.add_row("dashboard", info.dashboard_url)
-    console.print(table)
-    console.print("Point boto3 or the AWS CLI at it with:")
+    stdout.print(table)
+    stderr.print("Point boto3 or the AWS CLI at it with:")
     for key, value in info.client_env().items():
         if key.startswith("AWS_ENDPOINT") or key == "COURIERFLOW_AMQP_URL":
-            console.print(f"  export {key}={value}")
+            stdout.print(f"export {key}={value}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
 def down() -> None:
     """Stop what `courierflow up` started, and nothing else."""
     stopped = stack.down(_settings().home)
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    stderr.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 @app.command()
 def run(
-    file: Annotated[Path, typer.Argument(help="CSV file of orders (see README: CSV schema).")],
+    file: CsvFile,
+    output: OutputOpt = Output.TABLE,
     report_json: ReportJson = None,
     fleet: Fleet = 128,
     warm: Warm = False,
@@ -202,8 +262,8 @@ def run(
         float, typer.Option(help="Seconds without progress before remaining orders count lost.")
     ] = 180.0,
     keep_up: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
-    transport: TransportOpt = "rabbitmq",
-    mode: ModeOpt = "manager",
+    transport: TransportOpt = Transport.RABBITMQ,
+    mode: ModeOpt = Mode.MANAGER,
     report_html: ReportHtml = None,
     plot: PlotOpt = None,
 ) -> None:
@@ -212,17 +272,18 @@ def run(
     Brings the local stack up (or uses the one running), uploads FILE to the bucket,
     shows progress until every order is delivered or failed, prints a summary and
     writes report.html (timeline, latencies, failures, rejected rows).
-    Exits non-zero if any order was lost or failed.
+    The summary goes to stdout (`--output json`: as one JSON document), progress and
+    the failed, lost and rejected orders to stderr. Exits 1 if an order failed or was
+    lost, 2 if the file was refused (README: Exit codes).
     """
+    aws_cli.check_shape(transport, mode)
     settings = _settings()
-    if not file.is_file():
-        raise CourierflowError(f"{file}: no such file")
     info = stack.load(settings.home)
     started_here = info is None or not info.alive()
     if started_here:
         info = _start_stack(
             settings, fleet, warm, time_scale=time_scale, fail_rate=fail_rate,
-            duplicate_rate=duplicate_rate, transport=transport, mode=mode,
+            duplicate_rate=duplicate_rate, transport=transport.value, mode=mode.value,
         )  # fmt: skip
     assert info is not None
     try:
@@ -236,22 +297,23 @@ def run(
     finally:
         if started_here and not keep_up:
             stack.down(settings.home)
-    _print_summary(summary, rejects)
+    _print_summary(summary, rejects, output)
     if report is not None:
-        console.print(f"report: {report.absolute().as_uri()}", soft_wrap=True)
+        stderr.print(f"report: {report.absolute().as_uri()}", soft_wrap=True)
         if plot:
-            console.print(f"timeline: {plot}", soft_wrap=True)
+            stderr.print(f"timeline: {plot}", soft_wrap=True)
     _finish(summary, report_json)
 
 
 def _finish(summary: RunSummary, report_json: Path | None) -> None:
-    """Write the summary as JSON if asked; exit non-zero if an order did not make it."""
+    """Write the summary as JSON if asked; exit with the run's code (exitcodes)."""
     if report_json:
         report_json.parent.mkdir(parents=True, exist_ok=True)
         report_json.write_text(json.dumps(summary.to_json(), indent=2))
-        console.print(f"summary written to {report_json}", soft_wrap=True)
-    if summary.lost or summary.failed or summary.refused:
-        raise typer.Exit(1)
+        stderr.print(f"summary written to {report_json}", soft_wrap=True)
+    code = exit_code_for_run(summary)
+    if code is not ExitCode.OK:
+        raise typer.Exit(code)
 
 
 def _write_report(
@@ -290,7 +352,7 @@ def _follow(
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bars:
+    with Progress(*columns, console=stderr, transient=False) as bars:
         tasks = {
             name: bars.add_task(name, total=None, note="")
             for name in ("published", "dispatched", "delivered")
@@ -324,7 +386,44 @@ def _rejects(summary: RunSummary) -> list[tuple[int, str]]:
     return fetch_rejects(summary.file)
 
 
-def _print_summary(s: RunSummary, rejects: list[tuple[int, str]]) -> None:
+def _print_summary(s: RunSummary, rejects: list[tuple[int, str]], output: Output) -> None:
+    """The summary on stdout (a table, or the JSON of --report-json); what went wrong with
+    which order on stderr, as diagnostics."""
+    if output is Output.JSON:
+        echo_json(s.to_json())
+    else:
+        stdout.print(_summary_table(s))
+    if s.refused:
+        stderr.print(f"[red]file refused:[/red] {escape(s.refused)}", soft_wrap=True)
+    if s.note:
+        stderr.print(f"[yellow]note:[/yellow] {escape(s.note)}", soft_wrap=True)
+    _print_first(
+        [f"[red]failed[/red] {escape(order)}: {escape(why)}" for order, why in s.failures],
+        len(s.failures),
+        "failed orders (courierflow status)",
+    )
+    if s.lost_orders:
+        shown = ", ".join(s.lost_orders[:SHOWN_REJECTS])
+        more = f" and {s.lost - SHOWN_REJECTS} more" if s.lost > SHOWN_REJECTS else ""
+        stderr.print(f"[red]not finished (lost)[/red]: {shown}{more}", soft_wrap=True)
+    if s.rejected:
+        name = s.file.rpartition("/")[2]
+        _print_first(
+            [
+                f"[yellow]rejected[/yellow] {escape(name)} line {n}: {escape(why)}"
+                for n, why in rejects
+            ],
+            s.rejected,
+            "rejected rows",
+        )
+        bucket = s.file.removeprefix("s3://").partition("/")[0]
+        stderr.print(
+            f"rejected rows are listed in s3://{bucket}/rejects/ (line, reason, row)",
+            soft_wrap=True,
+        )
+
+
+def _summary_table(s: RunSummary) -> Table:
     table = Table(title=f"run summary: {s.file}", show_header=False)
     rows = [
         ("rows read", s.rows),
@@ -341,46 +440,22 @@ def _print_summary(s: RunSummary, rejects: list[tuple[int, str]]) -> None:
     ]
     for name, value in rows:
         table.add_row(name, str(value))
-    console.print(table)
-    if s.refused:
-        console.print(f"[red]file refused:[/red] {s.refused}")
-    if s.note:
-        console.print(f"[yellow]note:[/yellow] {s.note}")
-    _print_first(
-        [f"[red]failed[/red] {order_id}: {reason}" for order_id, reason in s.failures],
-        len(s.failures),
-        "failed orders (courierflow status)",
-    )
-    if s.lost_orders:
-        shown = ", ".join(s.lost_orders[:SHOWN_REJECTS])
-        more = f" and {s.lost - SHOWN_REJECTS} more" if s.lost > SHOWN_REJECTS else ""
-        console.print(f"[red]not finished (lost)[/red]: {shown}{more}", soft_wrap=True)
-    if s.rejected:
-        name = s.file.rpartition("/")[2]
-        _print_first(
-            [f"[yellow]rejected[/yellow] {name} line {line}: {why}" for line, why in rejects],
-            s.rejected,
-            "rejected rows",
-        )
-        bucket = s.file.removeprefix("s3://").partition("/")[0]
-        console.print(
-            f"rejected rows are listed in s3://{bucket}/rejects/ (line, reason, row)",
-            soft_wrap=True,
-        )
+    return table
 
 
 def _print_first(lines: list[str], total: int, what: str) -> None:
     """The first SHOWN_REJECTS of ``lines``, then how many of ``total`` were not shown."""
     for line in lines[:SHOWN_REJECTS]:
-        console.print(line, soft_wrap=True)
+        stderr.print(line, soft_wrap=True)
     shown = min(len(lines), SHOWN_REJECTS)
     if total > shown:
-        console.print(f"... {total - shown} more {what}")
+        stderr.print(f"... {total - shown} more {what}")
 
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help="CSV file of orders.")],
+    file: CsvFile,
+    output: OutputOpt = Output.TABLE,
     wait: Annotated[bool, typer.Option(help="Follow the orders until they finish.")] = True,
     aws: Annotated[
         bool,
@@ -389,23 +464,25 @@ def submit(
         ),
     ] = False,
     stack_name: Annotated[str, typer.Option(help="With --aws: the stack's name.")] = "courierflow",
-    region: Annotated[str, typer.Option(help="With --aws: its region.")] = "us-east-1",
+    region: Region = None,
+    profile: Profile = None,
     stall_timeout: Annotated[
         float, typer.Option(help="Seconds without progress before remaining orders count lost.")
     ] = 180.0,
     report_json: ReportJson = None,
 ) -> None:
     """Upload FILE to the running local stack (`courierflow up`), or with --aws to the
-    deployed one, and follow its orders through the ledger until they finish."""
-    if not file.is_file():
-        raise CourierflowError(f"{file}: no such file")
+    deployed one, and follow its orders through the ledger until they finish.
+
+    Output and exit codes as `run`'s; --region and --profile apply with --aws."""
     started = time.time()
     if aws:
         from courierflow.aws.deploy import submit as upload_to_aws
         from courierflow.ledger.dynamodb import DynamoDBLedger
 
+        region = aws_cli.aws_region(region, profile)
         uploaded = upload_to_aws(file, stack_name, region)
-        console.print(f"uploaded s3://{uploaded.bucket}/{uploaded.key}", soft_wrap=True)
+        _uploaded(uploaded.bucket, uploaded.key, None if wait else output)
         if not wait:
             return
         ledger: Ledger = DynamoDBLedger(
@@ -418,23 +495,39 @@ def submit(
         info = _running_stack(_settings())
         if not wait:
             key, _ = runner.upload(info, file)
-            console.print(f"uploaded s3://{info.bucket}/{key}")
+            _uploaded(info.bucket, key, output)
             return
         summary = _upload_and_follow(info, file, stall_timeout, started)
-    _print_summary(summary, _rejects(summary))
+    _print_summary(summary, _rejects(summary), output)
     _finish(summary, report_json)
+
+
+def _uploaded(bucket: str, key: str, output: Output | None) -> None:
+    """Say where the file went, on stderr; with --no-wait and --output json, its address
+    is the command's one document (``output`` is None when the summary follows)."""
+    stderr.print(f"uploaded s3://{bucket}/{key}", soft_wrap=True, highlight=False)
+    if output is Output.JSON:
+        echo_json({"file": f"s3://{bucket}/{key}"})
+
+
+#: failed orders `courierflow status` lists in its table form (--output json lists all)
+SHOWN_FAILURES = 50
 
 
 @app.command()
 def status(
     watch: Annotated[bool, typer.Option(help="Keep refreshing every second.")] = False,
+    output: OutputOpt = Output.TABLE,
 ) -> None:
-    """Orders by state, from the ledger (and failures with their reasons)."""
-    settings = _settings()
-    info = stack.load(settings.home)
-    if info is not None:
-        settings = _use_stack_env(info)
-    ledger = open_ledger(settings.ledger_url)
+    """Orders by state, from the ledger (and failures with their reasons).
+
+    Reads the running stack's ledger, or the last run's when the stack is down; with
+    neither, says so and exits 3 (README: Exit codes)."""
+    if watch and output is Output.JSON:
+        raise typer.BadParameter(
+            "--watch refreshes a table: use it without --output json", param_hint="'--watch'"
+        )
+    ledger = open_ledger(_readable_ledger_url())
 
     def render() -> Table:
         counts = ledger.counts()
@@ -445,16 +538,43 @@ def status(
             table.add_row(state.value, str(n))
         return table
 
-    if not watch:
-        console.print(render())
-        failed = [r for r in ledger.orders() if r.state is OrderState.FAILED]
-        for record in failed[:50]:
-            console.print(f"[red]failed[/red] {record.order_id}: {record.reason}")
+    if watch:
+        with Live(render(), console=stdout, refresh_per_second=2) as live:
+            while True:
+                time.sleep(1)
+                live.update(render())
+    failed = [r for r in ledger.orders() if r.state is OrderState.FAILED]
+    if output is Output.JSON:
+        counts = {state.value: n for state, n in ledger.counts().items()}
+        failures = [{"order_id": r.order_id, "reason": r.reason} for r in failed]
+        echo_json({"counts": counts, "failures": failures})
         return
-    with Live(render(), console=console, refresh_per_second=2) as live:
-        while True:
-            time.sleep(1)
-            live.update(render())
+    stdout.print(render())
+    for record in failed[:SHOWN_FAILURES]:
+        line = f"[red]failed[/red] {escape(record.order_id)}: {escape(record.reason)}"
+        stdout.print(line, soft_wrap=True)
+    if len(failed) > SHOWN_FAILURES:
+        stderr.print(f"... {len(failed) - SHOWN_FAILURES} more failed orders (--output json)")
+
+
+def _readable_ledger_url() -> str:
+    """The ledger `status` reads: the stack's, or COURIERFLOW_LEDGER_URL's.
+
+    Raises:
+        StackError: no stack and no ledger file where the settings point (a fresh home).
+    """
+    settings = _settings()
+    info = stack.load(settings.home)
+    if info is not None:
+        return _use_stack_env(info).ledger_url
+    path = settings.ledger_url.removeprefix("sqlite:///")
+    if path != settings.ledger_url and not Path(path).exists():
+        raise StackError(
+            f"no local stack is running from {settings.home} and no ledger is there yet: "
+            "start one with `courierflow up` (or run a file with `courierflow run FILE`), "
+            "or point COURIERFLOW_LEDGER_URL at a ledger"
+        )
+    return settings.ledger_url
 
 
 @app.command()
@@ -522,9 +642,9 @@ def report(
         written = write_run_report(book, out, source, None, plot)
     finally:
         book.close()
-    console.print(f"report: {written.absolute().as_uri()}", soft_wrap=True)
+    stderr.print(f"report: {written.absolute().as_uri()}", soft_wrap=True)
     if plot:
-        console.print(f"timeline: {plot}", soft_wrap=True)
+        stderr.print(f"timeline: {plot}", soft_wrap=True)
 
 
 @app.command()
@@ -553,12 +673,12 @@ def dashboard(
     settings = _settings()
     if stack.load(settings.home) is None and not ledger:
         ledger = settings.ledger_url
-    console.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
+    stderr.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
     serve_dashboard(ledger, settings.home, host, port, token, source)
 
 
 @dlq_app.command("list")
-def dlq_list() -> None:
+def dlq_list(output: OutputOpt = Output.TABLE) -> None:
     """Dead-lettered orders with their reason and attempt count."""
     from courierflow.transports.base import open_transport
 
@@ -566,17 +686,28 @@ def dlq_list() -> None:
     info = stack.load(settings.home)
     if info is not None:
         settings = _use_stack_env(info)
+    letters = open_transport(settings.queue_url, settings.queue).dead_letters()
     ledger = open_ledger(settings.ledger_url)
+    rows = []
+    for letter in letters:
+        record = ledger.get_order(letter.order_id)
+        rows.append(
+            {
+                "order_id": letter.order_id,
+                "broker_reason": letter.reason,
+                "attempts": letter.attempts,
+                "ledger_reason": record.reason if record else "",
+            }
+        )
+    if output is Output.JSON:
+        echo_json({"queue": settings.queue, "dead_letters": rows})
+        return
     table = Table(title=f"dead letters of {settings.queue}")
     for col in ("order", "broker reason", "attempts", "ledger reason"):
         table.add_column(col)
-    letters = open_transport(settings.queue_url, settings.queue).dead_letters()
-    for letter in letters:
-        record = ledger.get_order(letter.order_id)
-        table.add_row(
-            letter.order_id, letter.reason, str(letter.attempts), record.reason if record else ""
-        )
-    console.print(table)
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    stdout.print(table)
 
 
 @dlq_app.command("replay")
@@ -591,24 +722,22 @@ def dlq_replay(
     if info is not None:
         settings = _use_stack_env(info)
     moved = open_transport(settings.queue_url, settings.queue).replay_dead_letters(order)
-    console.print(f"replayed {moved} message(s)")
+    stderr.print(f"replayed {moved} message(s)")
 
 
 def main() -> None:
+    """The `courierflow` command. Its errors exit with the codes of courierflow.exitcodes:
+    courierflow's own through the root command (:class:`_Commands`), an unexpected one
+    here, after its traceback, so that 1 always means "not every order delivered"."""
     logging.basicConfig(level=logging.WARNING)
     # pika logs every failed connection attempt as an ERROR with a traceback; the
     # commands say it once, in a sentence (services re-enable it with setup_logging)
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         app()
-    except CourierflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        if isinstance(exc, ConnectionLost):
-            console.print(
-                "is the local stack up? Start it with `courierflow up`, or point "
-                "COURIERFLOW_QUEUE_URL (or COURIERFLOW_AMQP_URL) at your broker."
-            )
-        raise SystemExit(2) from None
+    except Exception:
+        sys.excepthook(*sys.exc_info())  # typer's: the traceback, without locals
+        raise SystemExit(ExitCode.FAILED) from None
 
 
 if __name__ == "__main__":

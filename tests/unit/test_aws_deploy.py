@@ -99,7 +99,7 @@ def test_cli_deploy_refuses_serverless_rabbitmq_with_a_message() -> None:
     from courierflow.cli import app
 
     result = CliRunner().invoke(app, ["deploy", "--mode", "serverless"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error (README: exit codes)
     assert "needs --transport sqs" in result.output
 
 
