@@ -88,6 +88,8 @@ class DeployOptions:
     private_access: str = "nat-instance"
     #: the SSM parameter naming the instance's AMI (Debian 12's public parameter)
     ami_parameter: str = DEBIAN_AMI_PARAMETER
+    #: multiplies the delivery's simulated trip (template parameter DeliveryTimeScale)
+    time_scale: float = 1.0
     #: run the SAM transform here and send its output (for a CloudFormation stand-in
     #: that has no transform, such as moto's server in `courierflow rehearse`)
     transform_locally: bool = False
@@ -98,6 +100,8 @@ class DeployOptions:
             raise DeployError(f"--transport must be one of {', '.join(TRANSPORTS)}")
         if self.mode not in MODES:
             raise DeployError(f"--mode must be one of {', '.join(MODES)}")
+        if not 0 < self.time_scale <= 10:
+            raise DeployError("--time-scale must be above 0 and at most 10 (1: the lab's 2-10 s)")
         if self.private_access not in PRIVATE_ACCESS:
             raise DeployError(f"--private-access must be one of {', '.join(PRIVATE_ACCESS)}")
         if self.mode == "serverless" and self.transport != "sqs":
@@ -149,6 +153,7 @@ def template_parameters(
         "BrokerSecretParameter": secret_parameter,
         "PrivateAccess": options.private_access,
         "DebianAmi": options.ami_parameter,
+        "DeliveryTimeScale": f"{options.time_scale:g}",
         **size_for_concurrency(concurrency),
     }
     return params

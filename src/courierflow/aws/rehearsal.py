@@ -72,6 +72,8 @@ STAND_IN_AMI = "ami-12c6146b"
 RUNTIME_PACKAGES = ("boto3",)
 #: the marker the changed delivery handler logs, to show the second deploy running
 CHANGE_MARKER = "courierflow-rehearsal-change"
+#: orders of the file submitted after the redeploy (enough to see the change run)
+SECOND_RUN_ORDERS = 10
 #: seconds to wait for the orders of one upload
 FOLLOW_TIMEOUT_S = 180
 
@@ -91,6 +93,8 @@ class RehearsalOptions:
     home: Path = Path(".courierflow")
     #: deploy a second time with a changed delivery handler and check it runs
     redeploy: bool = True
+    #: the stack's DeliveryTimeScale: the lab's 2-10 s trips take a tenth of that here
+    time_scale: float = 0.1
 
 
 @dataclass
@@ -178,7 +182,8 @@ class Rehearsal:
         tree) when given."""
         argv = [*_courierflow(), "deploy", "--transport", self.options.transport,
                 "--mode", self.options.mode, "--stack-name", STACK, "--region", REGION,
-                "--transform-locally", "--ami-parameter", AMI_PARAMETER]  # fmt: skip
+                "--transform-locally", "--ami-parameter", AMI_PARAMETER,
+                "--time-scale", f"{self.options.time_scale:g}"]  # fmt: skip
         extra = {"PYTHONPATH": str(source / "src")} if source else {}
         if source:
             argv = [sys.executable, "-m", "courierflow.cli", *argv[len(_courierflow()) :]]
@@ -519,16 +524,16 @@ def changed_source(work: Path) -> Path:
     return copy
 
 
-def renamed_orders(orders: Path, out: Path) -> Path:
-    """The same rows with new order ids (and so a new object): the same file again would
-    be recognised as already processed and publish nothing."""
+def renamed_orders(orders: Path, out: Path, limit: int = SECOND_RUN_ORDERS) -> Path:
+    """The first ``limit`` rows with new order ids (and so a new object): the same file
+    again would be recognised as already processed and publish nothing."""
     with orders.open(newline="", encoding="utf-8-sig") as src:
         rows = list(csv.reader(src))
     column = [name.strip().lower().replace(" ", "_") for name in rows[0]].index("order_id")
     with out.open("w", newline="", encoding="utf-8") as dst:
         writer = csv.writer(dst)
         writer.writerow(rows[0])
-        for row in rows[1:]:
+        for row in rows[1 : limit + 1]:
             if row:
                 row[column] = f"{row[column]}-after-change"
             writer.writerow(row)
