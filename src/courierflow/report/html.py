@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from courierflow.errors import ConfigError
 from courierflow.ledger.base import Ledger, OrderRecord
 from courierflow.orders import OrderState
 from courierflow.report.summary import RunSummary, summarize
@@ -496,9 +497,15 @@ def plot_timeline(
 ) -> Path:
     """Draw the courier timeline (one lane per concurrent courier) to a PNG with
     matplotlib's Agg backend; returns ``out_png``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError:
+        raise ConfigError(
+            "--plot needs matplotlib: pip install 'courierflow[plot]' (report.html needs "
+            "nothing more)"
+        ) from None
 
     t0, t1 = time_span(records, started_at)
     bars = assign_lanes(records, now=t1)
