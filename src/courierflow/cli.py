@@ -234,6 +234,8 @@ def _print_stack(info: stack.StackInfo) -> None:
     table.add_row("logs", f"{info.home}/logs, `courierflow lambda logs lambda_delivery`")
     if info.dashboard_url:
         table.add_row("dashboard", info.dashboard_url)
+    if info.console_url:
+        table.add_row("RabbitMQ console", f"{info.console_url} (user guest, password guest)")
     stdout.print(table)
     stderr.print("Point boto3 or the AWS CLI at it with:")
     for key, value in info.client_env().items():

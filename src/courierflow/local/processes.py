@@ -180,15 +180,21 @@ def rabbitmq_available() -> bool:
     return Path(RABBITMQ_SERVER).exists() or shutil.which("rabbitmq-server") is not None
 
 
-def rabbitmq_env(data_dir: Path, port: int, epmd_port: int) -> dict[str, str]:
-    """Environment for a private RabbitMQ node: its own name, ports and folders."""
+def rabbitmq_env(
+    data_dir: Path, port: int, epmd_port: int, console_port: int = 0
+) -> dict[str, str]:
+    """Environment for a private RabbitMQ node: its own name, ports and folders; with
+    ``console_port``, the management console on 127.0.0.1 at that port."""
     data_dir.mkdir(parents=True, exist_ok=True)
     plugins = data_dir / "enabled_plugins"
     if not plugins.exists():
-        plugins.write_text("[].\n")
+        plugins.write_text("[rabbitmq_management].\n" if console_port else "[].\n")
     conf = data_dir / "rabbitmq.conf"
     if not conf.exists():
-        conf.write_text("loopback_users.guest = true\n")
+        lines = ["loopback_users.guest = true"]
+        if console_port:  # the lab's "check the RabbitMQ console" step, never off-machine
+            lines += ["management.tcp.ip = 127.0.0.1", f"management.tcp.port = {console_port}"]
+        conf.write_text("\n".join(lines) + "\n")
     env = dict(os.environ)
     env.update(
         HOME=str(data_dir),  # the Erlang cookie lives here
@@ -216,6 +222,12 @@ class RabbitNode:
     broker: ManagedProcess
     epmd: ManagedProcess
     data_dir: Path
+    #: the management console's port on 127.0.0.1 (0: not enabled)
+    console_port: int = 0
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}/" if self.console_port else ""
 
     @property
     def amqp_url(self) -> str:
@@ -243,8 +255,9 @@ class RabbitNode:
                 log.warning("RabbitMQ did not come back; trying again%s", self.broker.tail(3))
 
 
-def start_rabbitmq(data_dir: Path, port: int = 0) -> RabbitNode:
-    """Start a private RabbitMQ node from Debian's ``rabbitmq-server`` package."""
+def start_rabbitmq(data_dir: Path, port: int = 0, console: bool = False) -> RabbitNode:
+    """Start a private RabbitMQ node from Debian's ``rabbitmq-server`` package (with its
+    management console on a free 127.0.0.1 port when ``console``)."""
     if not rabbitmq_available():
         raise StackError(
             "rabbitmq-server is not installed: run `sudo apt-get install rabbitmq-server` "
@@ -252,7 +265,8 @@ def start_rabbitmq(data_dir: Path, port: int = 0) -> RabbitNode:
         )
     port = port or free_port()
     epmd_port = free_port()
-    env = rabbitmq_env(data_dir, port, epmd_port)
+    console_port = free_port() if console else 0
+    env = rabbitmq_env(data_dir, port, epmd_port, console_port)
     epmd = spawn(
         "epmd",
         ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
@@ -262,7 +276,7 @@ def start_rabbitmq(data_dir: Path, port: int = 0) -> RabbitNode:
     )
     epmd.wait_for_port(10)
     broker = spawn("rabbitmq", [RABBITMQ_SERVER], data_dir / "log" / "server.log", env, port=port)
-    node = RabbitNode(broker=broker, epmd=epmd, data_dir=data_dir)
+    node = RabbitNode(broker=broker, epmd=epmd, data_dir=data_dir, console_port=console_port)
     try:
         broker.wait_for_port(RABBITMQ_START_TIMEOUT)
     except StackError:

@@ -40,6 +40,8 @@ from courierflow.local.processes import (
 
 log = logging.getLogger(__name__)
 
+#: RabbitMQ's default management console port (a broker of the machine's own)
+MANAGEMENT_PORT = 15672
 #: the upload bucket and the queue its notifications go to
 BUCKET = "courierflow-orders"
 UPLOAD_QUEUE = "courierflow-uploads"
@@ -110,6 +112,8 @@ class StackInfo:
     queue_url: str = ""
     #: the live dashboard's address, when the stack serves one
     dashboard_url: str = ""
+    #: RabbitMQ's management console (user guest, password guest, from this machine only)
+    console_url: str = ""
 
     def client_env(self) -> dict[str, str]:
         """Environment that points boto3 and courierflow at this stack."""
@@ -214,15 +218,19 @@ def _start(
         raise StackError("--mode serverless needs --transport sqs (SQS invokes the function)")
     if options.transport not in ("rabbitmq", "sqs"):
         raise StackError(f"unknown transport {options.transport!r}: use rabbitmq or sqs")
+    console_url = ""
     if options.transport == "sqs":
         amqp_url = ""  # no broker to run
     elif broker_answers(settings.amqp_url):
         amqp_url = settings.amqp_url
         log.info("using the RabbitMQ answering at %s", settings.amqp_url.split("@")[-1])
+        if port_open(MANAGEMENT_PORT):  # its console, if its management plugin is on
+            console_url = f"http://127.0.0.1:{MANAGEMENT_PORT}/"
     else:
-        node = start_rabbitmq(home / "rabbitmq")
+        node = start_rabbitmq(home / "rabbitmq", console=True)
         started += [("epmd", node.epmd.pid), ("rabbitmq", node.broker.pid)]
         amqp_url = node.amqp_url
+        console_url = node.console_url
     moto = start_moto_server(home)
     started.append(("moto", moto.pid))
     moto_url = f"http://127.0.0.1:{moto.port}"
@@ -245,6 +253,7 @@ def _start(
         options=asdict(options),
         queue=settings.queue,
         queue_url=queue_url,
+        console_url=console_url,
     )
     lambda_port = free_port()
     info.lambda_url = f"http://127.0.0.1:{lambda_port}"

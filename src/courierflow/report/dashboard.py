@@ -134,6 +134,8 @@ class Probes:
     queue_depth: Callable[[], int | None] = lambda: None
     dead_letters: Callable[[], int | None] = lambda: None
     lambda_event_queue: Callable[[], int | None] = lambda: None
+    #: the broker's management console, linked from the page (the lab checks the queue there)
+    console_url: str = ""
 
 
 class Snapshotter:
@@ -174,6 +176,7 @@ class Snapshotter:
                 lambda_event_queue=_safe(self.probes.lambda_event_queue),
                 source=self.source,
             )
+            self._last["console_url"] = self.probes.console_url
             self._last_at = now
             return self._last
 
@@ -291,7 +294,7 @@ def stack_probes(stack_home: Path) -> tuple[Probes, str | None]:
         functions = doc.get("functions", {})
         return int(sum(int(f.get("event_queue", 0)) for f in functions.values()))
 
-    return Probes(depth, dead, lambda_queue), info.ledger_url or None
+    return Probes(depth, dead, lambda_queue, info.console_url), info.ledger_url or None
 
 
 def serve_dashboard(
@@ -367,7 +370,8 @@ td.t { font-variant-numeric:tabular-nums; color:var(--muted); }
 .note { color:var(--muted); font-size:12px; }
 </style></head>
 <body><main>
-<header><h1>courierflow</h1><span id="status">connecting…</span><span id="source"></span></header>
+<header><h1>courierflow</h1><span id="status">connecting…</span><span id="source"></span>
+<a id="console" hidden target="_blank" rel="noopener">RabbitMQ console</a></header>
 <div class="grid">
   <div class="tile"><div class="v" id="total">0</div><div class="k">orders</div></div>
   <div class="tile"><div class="v" id="queued">0</div><div class="k">queued</div></div>
@@ -421,6 +425,8 @@ function line(values, max, colour) {
 }
 function render(s) {
   setText("source", s.source);
+  const consoleLink = document.getElementById("console");
+  if (s.console_url) { consoleLink.href = s.console_url; consoleLink.hidden = false; }
   setText("total", s.total);
   for (const k of ["queued", "dispatched", "delivering", "delivered", "failed"]) {
     setText(k, s.counts[k]);
