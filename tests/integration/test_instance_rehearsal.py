@@ -38,7 +38,7 @@ from tests.integration.test_infra_template import load_template
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-UNIT = ROOT / "infra" / "ec2" / "courierflow-manager.service"
+UNIT = deploy.BOOTSTRAP.parent / "courierflow-manager.service"
 #: what the instance metadata service would hand the instance's processes
 INSTANCE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 

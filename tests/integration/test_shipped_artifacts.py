@@ -72,6 +72,48 @@ def test_the_wheel_installed_without_extras_runs_the_manager_command(
         assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"courierflow {courierflow.__version__}"
 
+    # deploy from this install: no source tree, so its files are packed into the wheel the
+    # instance gets, and the template and EC2 files come from the package
+    out = tmp_path / "from-installed"
+    code = (
+        "import sys; from pathlib import Path; from courierflow.aws import deploy; "
+        "files = deploy._manager_artifacts(Path(sys.argv[1]), lambda line: None); "
+        "assert 'ContentUri: s3://b/k.zip' in deploy.template_body('s3://b/k.zip'); "
+        "print(*files, sep='\\n')"
+    )
+    built = subprocess.run(
+        [str(bin_dir / "python"), "-c", code, str(out)],
+        capture_output=True, text=True, timeout=120, env=_clean_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    files = [Path(line) for line in built.stdout.split()]
+    assert [f.name for f in files[1:]] == ["bootstrap.sh", "courierflow-manager.service"]
+    again = _venv(tmp_path / "venv-again", str(files[0]))  # the repacked wheel installs
+    result = subprocess.run(
+        [str(again / "courierflow"), "manager", "--help"],
+        capture_output=True, text=True, timeout=60, env=_clean_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_wheel_holds_the_package_its_template_and_ec2_files_and_the_license(
+    artifacts: list[Path],
+) -> None:
+    (wheel,) = [path for path in artifacts if path.suffix == ".whl"]
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    version = courierflow.__version__
+    assert {
+        "courierflow/py.typed",
+        "courierflow/infra/template.yaml",
+        "courierflow/infra/ec2/bootstrap.sh",
+        "courierflow/infra/ec2/courierflow-manager.service",
+        "courierflow/functions/delivery.py",
+        f"courierflow-{version}.dist-info/licenses/LICENSE",
+        f"courierflow-{version}.dist-info/entry_points.txt",
+    } <= names
+    assert not any(name.startswith(("tests/", "bench/")) for name in names)
+
 
 def test_every_handler_imports_from_the_layer_beside_the_runtimes_boto3_only(
     tmp_path: Path,

@@ -3,7 +3,9 @@ transform), from the same code the local stack runs."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.metadata
 import re
 import secrets
 import subprocess
@@ -23,8 +25,11 @@ from courierflow.aws.layer import build_layer
 from courierflow.errors import CourierflowError
 
 ROOT = Path(__file__).resolve().parents[3]
-TEMPLATE = ROOT / "infra" / "template.yaml"
-BOOTSTRAP = ROOT / "infra" / "ec2" / "bootstrap.sh"
+#: the SAM template and the EC2 files, shipped inside the package (deploy works from an
+#: installed wheel as from a source checkout)
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+TEMPLATE = INFRA / "template.yaml"
+BOOTSTRAP = INFRA / "ec2" / "bootstrap.sh"
 #: the broker's host in the stored AMQP URL: the manager's own view (it runs beside the
 #: broker); the publisher is given the instance's private address (COURIERFLOW_AMQP_HOST)
 BROKER_HOST = "localhost"
@@ -300,15 +305,57 @@ def deploy(options: DeployOptions, say: Callable[[str], None] = print) -> dict[s
 def _manager_artifacts(tmp: Path, say: Callable[[str], None]) -> list[Path]:
     """The courierflow wheel, bootstrap.sh and the unit file the EC2 user data fetches."""
     say("building the courierflow wheel for the EC2 manager ...")
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp), str(ROOT)],
-            check=True,
-        )
-    except subprocess.CalledProcessError as exc:
-        raise DeployError(f"could not build the courierflow wheel: {exc}") from None
-    wheel = next(tmp.glob("courierflow-*.whl"))
+    if (ROOT / "pyproject.toml").is_file() and (ROOT / "src" / "courierflow").is_dir():
+        try:  # a source checkout: the wheel of its code
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp),
+                 str(ROOT)],
+                check=True,
+            )  # fmt: skip
+        except subprocess.CalledProcessError as exc:
+            raise DeployError(f"could not build the courierflow wheel: {exc}") from None
+        wheel = next(tmp.glob("courierflow-*.whl"))
+    else:  # installed from a wheel: the same files, packed again
+        wheel = wheel_from_installed(tmp)
     return [wheel, BOOTSTRAP, BOOTSTRAP.parent / "courierflow-manager.service"]
+
+
+#: files of an installed distribution that are the installer's, not the wheel's
+_INSTALLER_FILES = ("INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
+
+
+def wheel_from_installed(out_dir: Path, name: str = "courierflow") -> Path:
+    """The wheel of the installed distribution ``name``, packed from the files its RECORD
+    lists (the package, its data and its .dist-info; not scripts, caches or what the
+    installer added), with a new RECORD. For a deploy from an installed wheel, where no
+    source tree exists to build one from."""
+    dist = importlib.metadata.distribution(name)
+    version = dist.version
+    base = Path(str(dist.locate_file("")))
+    members: list[tuple[str, bytes]] = []
+    for entry in dist.files or []:
+        path = str(entry)
+        parts = Path(path).parts
+        if (path.startswith("..") or "__pycache__" in parts or path.endswith(".pyc")
+                or (".dist-info" in parts[0] and parts[-1] in _INSTALLER_FILES)):  # fmt: skip
+            continue
+        members.append((path, (base / path).read_bytes()))
+    if not members:
+        raise DeployError(f"the installed {name} lists no files to pack into a wheel")
+    info = f"{name}-{version}.dist-info"
+    record = [f"{path},sha256={_b64_digest(data)},{len(data)}" for path, data in members]
+    record.append(f"{info}/RECORD,,")
+    wheel = out_dir / f"{name}-{version}-py3-none-any.whl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, data in members:
+            archive.writestr(path, data)
+        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def _b64_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def store_broker_url(ssm: Any, say: Callable[[str], None] = print) -> str:

@@ -15,7 +15,7 @@ import courierflow
 #: what the layer adds to the Lambda runtime
 LAYER_REQUIREMENTS = ("pika>=1.3",)
 #: parts of the package that only the local stack and the CLI use
-LOCAL_ONLY = ("local", "report", "cli.py", "aws")
+LOCAL_ONLY = ("local", "report", "cli.py", "aws", "infra")
 
 
 def build_layer(

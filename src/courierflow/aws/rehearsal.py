@@ -512,7 +512,6 @@ def changed_source(work: Path) -> Path:
             shutil.copy2(root / name, copy / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(root / "src", copy / "src", ignore=ignore)
-    shutil.copytree(root / "infra", copy / "infra", ignore=ignore)
     delivery = copy / "src" / "courierflow" / "functions" / "delivery.py"
     delivery.write_text(
         delivery.read_text()
