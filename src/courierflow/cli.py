@@ -26,6 +26,7 @@ from courierflow.errors import ConnectionLost, CourierflowError, StackError
 from courierflow.exitcodes import ExitCode, exit_code_for, exit_code_for_run
 from courierflow.ledger.base import Ledger, open_ledger
 from courierflow.local import runner, stack
+from courierflow.local.lab import cli as lab_cli
 from courierflow.local.lambda_service import cli as lambda_cli
 from courierflow.logs import setup_logging
 from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS
@@ -75,6 +76,7 @@ app = typer.Typer(
 app.add_typer(lambda_cli.app, name="lambda")
 app.add_typer(aws_cli.app, name="aws")
 aws_cli.register(app)
+app.command("lab")(lab_cli.lab)
 dlq_app = typer.Typer(help="Dead-lettered orders: look at them, put them back after a fix.")
 app.add_typer(dlq_app, name="dlq")
 
