@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test lint typecheck bench bench-smoke clean
+.PHONY: install system-deps run test check lint typecheck bench bench-smoke clean
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -23,9 +23,14 @@ run: install
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# check: lint, types, the import layers and the unit tests; no services, no sudo, a minute
+check: $(STAMP) lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider -m unit tests/unit
 
 test: install lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15

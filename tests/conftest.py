@@ -62,3 +62,15 @@ def state_dir(tmp_path: Path) -> Path:
     home = tmp_path / "courierflow"
     home.mkdir()
     return home
+
+
+#: a test's kind is the folder it lives in; `make check` runs `-m unit`
+KINDS = {"unit", "integration", "e2e", "faults"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's kind, so `-m unit` finds all the unit tests."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)

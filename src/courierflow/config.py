@@ -180,6 +180,57 @@ class Settings:
         )
 
 
+#: a physical line may be this many times max_field_bytes (at least MIN_LINE_CHARS)
+#: before its row is rejected; it bounds what is held in memory for one line
+LINE_LIMIT_FACTOR = 2
+MIN_LINE_CHARS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ReaderLimits:
+    """Safe defaults; each can be changed by an environment variable."""
+
+    #: larger objects are refused before reading (COURIERFLOW_MAX_OBJECT_BYTES); the
+    #: caller compares it with the object's ContentLength (see ``check_object_size``)
+    max_object_bytes: int = 2 * 1024**3
+    #: a longer field rejects its row (COURIERFLOW_MAX_FIELD_BYTES), counted in characters
+    max_field_bytes: int = 1024**2
+    #: rows beyond this are rejected, one reject each (COURIERFLOW_MAX_ROWS)
+    max_rows: int = 5_000_000
+    #: a wider header refuses the file (COURIERFLOW_MAX_COLUMNS)
+    max_columns: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ReaderLimits:
+        """Limits from ``COURIERFLOW_MAX_*`` variables; unset or empty means the default.
+
+        Raises:
+            ConfigError: when a variable is set but is not a positive whole number.
+        """
+        env = os.environ if env is None else env
+        names = {
+            "max_object_bytes": "COURIERFLOW_MAX_OBJECT_BYTES",
+            "max_field_bytes": "COURIERFLOW_MAX_FIELD_BYTES",
+            "max_rows": "COURIERFLOW_MAX_ROWS",
+            "max_columns": "COURIERFLOW_MAX_COLUMNS",
+        }
+        values: dict[str, int] = {}
+        for field, var in names.items():
+            text = env.get(var, "").strip()
+            if not text:
+                continue
+            value = _int(env, var, 0)
+            if value < 1:
+                raise ConfigError(f"{var}={text!r}: must be a positive whole number")
+            values[field] = value
+        return cls(**values)
+
+    @property
+    def line_chars(self) -> int:
+        """Longest physical line read whole; a longer one rejects its row."""
+        return max(LINE_LIMIT_FACTOR * self.max_field_bytes, MIN_LINE_CHARS)
+
+
 def with_host(url: str, host: str) -> str:
     """``url`` with its host replaced, credentials, port and path kept; ``host`` may be
     ``HOST:PORT`` to replace the port too (a stand-in on another port)."""

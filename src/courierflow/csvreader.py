@@ -10,80 +10,30 @@ published; a bad row becomes a ``Reject`` and the others go on.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import difflib
 import io
 import itertools
-import os
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from courierflow.errors import UnreadableFileError
+from courierflow.config import ReaderLimits
+from courierflow.csvtext import (
+    SNIFF_BYTES,
+    UNDECODABLE,
+    BoundedLines,
+    PrefixedStream,
+    refuse,
+    sniff_encoding,
+)
 from courierflow.orders import KNOWN_COLUMNS, Order, Reject
 
-#: bytes looked at to decide whether the object is CSV text, and in which encoding
-SNIFF_BYTES = 64 * 1024
 #: longest order id accepted
 MAX_ORDER_ID = 128
 #: the delimiters a header may use (European spreadsheet exports use ';')
 DELIMITERS = (",", ";", "\t")
-#: a physical line may be this many times max_field_bytes (at least MIN_LINE_CHARS)
-#: before its row is rejected; it bounds what is held in memory for one line
-LINE_LIMIT_FACTOR = 2
-MIN_LINE_CHARS = 64 * 1024
-#: error handler: undecodable bytes after the sniffed start become lone surrogates,
-#: which mark their row as "not valid text" (surrogateescape cannot do UTF-16)
-_UNDECODABLE = "courierflow.undecodable"
-codecs.register_error(_UNDECODABLE, lambda exc: ("\udcff" * (exc.end - exc.start), exc.end))  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class ReaderLimits:
-    """Safe defaults; each can be changed by an environment variable."""
-
-    #: larger objects are refused before reading (COURIERFLOW_MAX_OBJECT_BYTES); the
-    #: caller compares it with the object's ContentLength (see ``check_object_size``)
-    max_object_bytes: int = 2 * 1024**3
-    #: a longer field rejects its row (COURIERFLOW_MAX_FIELD_BYTES), counted in characters
-    max_field_bytes: int = 1024**2
-    #: rows beyond this are rejected, one reject each (COURIERFLOW_MAX_ROWS)
-    max_rows: int = 5_000_000
-    #: a wider header refuses the file (COURIERFLOW_MAX_COLUMNS)
-    max_columns: int = 1000
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ReaderLimits:
-        """Limits from ``COURIERFLOW_MAX_*`` variables; unset or empty means the default.
-
-        Raises:
-            ValueError: when a variable is set but is not a positive whole number.
-        """
-        env = os.environ if env is None else env
-        names = {
-            "max_object_bytes": "COURIERFLOW_MAX_OBJECT_BYTES",
-            "max_field_bytes": "COURIERFLOW_MAX_FIELD_BYTES",
-            "max_rows": "COURIERFLOW_MAX_ROWS",
-            "max_columns": "COURIERFLOW_MAX_COLUMNS",
-        }
-        values: dict[str, int] = {}
-        for field, var in names.items():
-            text = env.get(var, "").strip()
-            if not text:
-                continue
-            value = int(text)
-            if value < 1:
-                raise ValueError(f"{var}={text!r}: must be a positive whole number")
-            values[field] = value
-        return cls(**values)
-
-    @property
-    def line_chars(self) -> int:
-        """Longest physical line read whole; a longer one rejects its row."""
-        return max(LINE_LIMIT_FACTOR * self.max_field_bytes, MIN_LINE_CHARS)
 
 
 def check_object_size(size: int | None, source: str, limits: ReaderLimits) -> None:
@@ -93,10 +43,10 @@ def check_object_size(size: int | None, source: str, limits: ReaderLimits) -> No
         UnreadableFileError: when ``size`` (the object's ContentLength) is over the limit.
     """
     if size is not None and size > limits.max_object_bytes:
-        raise _refuse(
+        raise refuse(
             source,
             f"the file is {size} bytes, over the limit of {limits.max_object_bytes} "
-            "(COURIERFLOW_MAX_OBJECT_BYTES): split it into smaller files",
+            "(COURIERFLOW_MAX_OBJECT_BYTES): split it into smaller files or raise the limit",
         )
 
 
@@ -116,15 +66,15 @@ def read_orders(
     """
     limits = limits or ReaderLimits()
     head = stream.read(SNIFF_BYTES)
-    encoding = _sniff(head, source)
-    raw = io.BufferedReader(_Prefixed(head, stream), buffer_size=SNIFF_BYTES)
-    text = io.TextIOWrapper(raw, encoding=encoding, errors=_UNDECODABLE, newline="")
-    lines = _Lines(text, limits.line_chars)
+    encoding = sniff_encoding(head, source)
+    raw = io.BufferedReader(PrefixedStream(head, stream), buffer_size=SNIFF_BYTES)
+    text = io.TextIOWrapper(raw, encoding=encoding, errors=UNDECODABLE, newline="")
+    lines = BoundedLines(text, limits.line_chars)
     header_line = next(lines, "")
     if not header_line.strip():
-        raise _refuse(source, "the first line is empty: the header row must come first")
+        raise refuse(source, "the first line is empty: the header row must come first")
     if lines.overlong:
-        raise _refuse(
+        raise refuse(
             source,
             f"the first line is longer than {limits.line_chars} characters: "
             "the header row must come first",
@@ -143,109 +93,6 @@ def read_orders(
 # --- is it CSV text at all -------------------------------------------------------------
 
 
-def _refuse(source: str, reason: str) -> UnreadableFileError:
-    return UnreadableFileError(f"{source}: {reason}; nothing was published")
-
-
-def _sniff(head: bytes, source: str) -> str:
-    """The encoding of a CSV object, or UnreadableFileError saying why it is not one."""
-    if head.startswith(b"\x1f\x8b"):
-        raise _refuse(source, "the file is gzip-compressed, not CSV text: upload the .csv itself")
-    if head.startswith(b"PK\x03\x04"):
-        raise _refuse(source, "the file is a ZIP archive (an .xlsx?): export it as CSV")
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encoding = "utf-16"
-    else:
-        encoding = "utf-8-sig"
-        if b"\x00" in head:
-            raise _refuse(source, _nul_reason(head))
-    try:
-        start = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
-    except UnicodeDecodeError as exc:
-        hint = "save the file as UTF-8 CSV"
-        if encoding == "utf-8-sig":
-            hint = f"a Latin-1 or Windows-1252 export? {hint}"
-        raise _refuse(
-            source, f"byte {exc.start} is not {exc.encoding.upper()} text ({hint})"
-        ) from None
-    if not start.strip():
-        raise _refuse(source, "the file is empty: upload a CSV with a header row and orders")
-    if start.lstrip()[:1] in ("{", "["):
-        raise _refuse(source, "the file holds JSON, not CSV: upload orders as CSV")
-    if "\x00" in start:
-        raise _refuse(source, _nul_reason(head))
-    return encoding
-
-
-def _nul_reason(head: bytes) -> str:
-    sample = head[:1024]
-    if len(sample) >= 4 and (sample[1::2].count(0) * 2 >= len(sample) // 2):
-        return (
-            "the file holds NUL bytes: it looks like UTF-16 without a byte-order mark, "
-            "not CSV text; save it as UTF-8 CSV"
-        )
-    return "the file holds NUL bytes: it is binary, not CSV text; upload a CSV file"
-
-
-class _Prefixed(io.RawIOBase):
-    """A readable stream: the sniffed bytes first, then the rest of the source."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer)
-        if self._head:
-            n = min(len(view), len(self._head))
-            view[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-
-class _Lines:
-    """The text's physical lines, counted, in pieces of at most ``limit`` characters.
-
-    A line longer than ``limit`` reaches the csv module as several pieces, so memory
-    stays bounded; ``overlong`` is then the number of the latest such line, and the
-    rows touching it are rejected. ``number`` is the line of the latest piece.
-    """
-
-    __slots__ = ("_readline", "at_line_start", "last", "limit", "number", "overlong", "pieces")
-
-    def __init__(self, text: io.TextIOWrapper, limit: int) -> None:
-        self._readline = text.readline
-        self.limit = limit
-        self.number = 0
-        self.at_line_start = True
-        self.overlong = 0
-        self.pieces = 0
-        self.last = ""
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        piece = self._readline(self.limit)
-        if not piece:
-            raise StopIteration
-        if self.at_line_start:
-            self.number += 1
-        end = piece[-1]
-        self.at_line_start = end == "\n" or end == "\r"
-        if not self.at_line_start and len(piece) >= self.limit:
-            self.overlong = self.number
-        self.pieces += 1
-        self.last = piece
-        return piece
-
-
 # --- the header ----------------------------------------------------------------------
 
 
@@ -262,7 +109,7 @@ def _normalise(name: str) -> str:
 def _header(names: list[str], source: str, limits: ReaderLimits) -> list[str]:
     """The normalised column names, or UnreadableFileError saying what to fix."""
     if len(names) > limits.max_columns:
-        raise _refuse(
+        raise refuse(
             source,
             f"the header has {len(names)} columns, over the limit of {limits.max_columns} "
             "(COURIERFLOW_MAX_COLUMNS): is the first line really the header?",
@@ -274,10 +121,10 @@ def _header(names: list[str], source: str, limits: ReaderLimits) -> list[str]:
             hint = f"found {names[normal.index(close[0])].strip()!r}: rename it to order_id"
         else:
             hint = "add an order_id column"
-        raise _refuse(source, f"the header has no order_id column ({hint})")
+        raise refuse(source, f"the header has no order_id column ({hint})")
     for name in KNOWN_COLUMNS:
         if normal.count(name) > 1:
-            raise _refuse(
+            raise refuse(
                 source,
                 f"the header names the {name} column {normal.count(name)} times: "
                 "keep one, so it is clear which value to use",
@@ -349,7 +196,7 @@ class _SeenIds:
 
 def _rows(
     reader: Any,
-    lines: _Lines,
+    lines: BoundedLines,
     delimiter: str,
     text_name: str,
     schema: _Schema,
@@ -468,7 +315,7 @@ def _rows(
 
 
 def _recover(
-    exc: csv.Error, lines: _Lines, pieces: int, delimiter: str, start: int, max_field: int
+    exc: csv.Error, lines: BoundedLines, pieces: int, delimiter: str, start: int, max_field: int
 ) -> str:
     """The reason a row is not valid CSV; skips the rest of a quoted field first.
 

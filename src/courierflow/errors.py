@@ -63,3 +63,7 @@ class InvokeThrottled(InvokeError):
 
 class StackError(CourierflowError):
     """Raised when the local stack cannot be started, found or stopped."""
+
+
+class DeployError(CourierflowError):
+    """Raised when AWS refuses a step of a deployment; the message says which and why."""

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from courierflow.csvreader import ReaderLimits, read_orders
+from courierflow.csvreader import ReaderLimits, check_object_size, read_orders
 from courierflow.errors import LedgerError, PublishIncomplete, UnreadableFileError
 from courierflow.ledger.base import FileRecord, FileState, Ledger
 from courierflow.orders import Order, Reject
@@ -246,11 +246,7 @@ class OrderPublisher:
         self, bucket: str, key: str, size: int, summary: FileSummary, run: _Run
     ) -> None:
         source = summary.file
-        if size > self.limits.max_object_bytes:
-            raise UnreadableFileError(
-                f"{source} is {size} bytes, over the limit of {self.limits.max_object_bytes}; "
-                "split the file or raise COURIERFLOW_MAX_OBJECT_BYTES"
-            )
+        check_object_size(size, source, self.limits)
         body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
         rows = read_orders(body, source, self.limits)  # refuses a non-CSV file here
         with tempfile.SpooledTemporaryFile(max_size=1024**2, mode="w+", newline="") as rejects:

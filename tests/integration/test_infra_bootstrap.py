@@ -21,7 +21,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from courierflow.aws import deploy
+from courierflow.aws import artifacts
 from courierflow.local.processes import (
     RABBITMQ_SERVER,
     ManagedProcess,
@@ -36,8 +36,8 @@ pytestmark = [
     pytest.mark.skipif(not Path(RABBITMQ_SERVER).exists(), reason="rabbitmq-server not installed"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-BOOTSTRAP = deploy.BOOTSTRAP
-UNIT = deploy.BOOTSTRAP.parent / "courierflow-manager.service"
+BOOTSTRAP = artifacts.BOOTSTRAP
+UNIT = artifacts.BOOTSTRAP.parent / "courierflow-manager.service"
 RABBITMQ_BIN = Path(RABBITMQ_SERVER).parent
 
 

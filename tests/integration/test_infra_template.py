@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from courierflow.aws import deploy, template
+from courierflow.aws import artifacts, template
 from courierflow.aws.deploy import DeployOptions, template_parameters
 from courierflow.ledger.dynamodb import TABLE_KEY_SCHEMA
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = deploy.TEMPLATE
+TEMPLATE = artifacts.TEMPLATE
 #: what `courierflow deploy` puts in place of the local layer path
 LAYER_URI = "s3://courierflow-artifacts-test/courierflow/layer_contents.zip"
 LAB_ROLE = "arn:aws:iam::123456789012:role/LabRole"

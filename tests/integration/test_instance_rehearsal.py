@@ -28,8 +28,8 @@ from typing import Any
 import boto3
 import pytest
 
-from courierflow.aws import deploy
-from courierflow.aws.rehearsal import shell_part, unit_environment
+from courierflow.aws import artifacts
+from courierflow.aws.rehearsal.instance import shell_part, unit_environment
 from courierflow.ledger.dynamodb import DynamoDBLedger
 from courierflow.local.processes import stop_pid
 from courierflow.orders import OrderState
@@ -38,7 +38,7 @@ from tests.integration.test_infra_template import load_template
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-UNIT = deploy.BOOTSTRAP.parent / "courierflow-manager.service"
+UNIT = artifacts.BOOTSTRAP.parent / "courierflow-manager.service"
 #: what the instance metadata service would hand the instance's processes
 INSTANCE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -91,7 +91,7 @@ def _stub_zip() -> bytes:
 
 
 def _upload(account: dict[str, Any], files: list[Path]) -> str:
-    prefix = f"courierflow/{deploy.content_digest(files)}/"
+    prefix = f"courierflow/{artifacts.content_digest(files)}/"
     for path in files:
         account["clients"]["s3"].upload_file(str(path), account["bucket"], prefix + path.name)
     return prefix
@@ -125,7 +125,7 @@ def test_user_data_installs_the_wheel_and_the_manager_runs_from_its_unit(
     # the manager's transport declares the queue and its dead-letter queue itself, with
     # the attributes the template gives them; moto names it by account and name
     queue_url = f"{account['url']}/123456789012/{queue_name}"
-    files = deploy._manager_artifacts(tmp_path / "dist", lambda _line: None)
+    files = artifacts.manager_artifacts(tmp_path / "dist", lambda _line: None)
     values = {
         "AWS::Region": "us-east-1", "AWS::StackName": "rehearsal",
         "ArtifactBucket": account["bucket"], "ArtifactPrefix": _upload(account, files),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import courierflow
-from courierflow.aws import deploy
+from courierflow.aws import artifacts as shipped
 from courierflow.aws.layer import build_layer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -50,7 +50,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
     """The wheel, bootstrap.sh and unit file, built by deploy's own code."""
-    yield deploy._manager_artifacts(tmp_path_factory.mktemp("dist"), lambda _line: None)
+    yield shipped.manager_artifacts(tmp_path_factory.mktemp("dist"), lambda _line: None)
 
 
 def test_the_wheel_installed_without_extras_runs_the_manager_command(
@@ -76,9 +76,9 @@ def test_the_wheel_installed_without_extras_runs_the_manager_command(
     # instance gets, and the template and EC2 files come from the package
     out = tmp_path / "from-installed"
     code = (
-        "import sys; from pathlib import Path; from courierflow.aws import deploy; "
-        "files = deploy._manager_artifacts(Path(sys.argv[1]), lambda line: None); "
-        "assert 'ContentUri: s3://b/k.zip' in deploy.template_body('s3://b/k.zip'); "
+        "import sys; from pathlib import Path; from courierflow.aws import artifacts; "
+        "files = artifacts.manager_artifacts(Path(sys.argv[1]), lambda line: None); "
+        "assert 'ContentUri: s3://b/k.zip' in artifacts.template_body('s3://b/k.zip'); "
         "print(*files, sep='\\n')"
     )
     built = subprocess.run(

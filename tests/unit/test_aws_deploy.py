@@ -109,13 +109,13 @@ def test_cli_deploy_refuses_serverless_rabbitmq_with_a_message() -> None:
 def test_the_event_age_covers_a_files_drain_time_at_the_accounts_concurrency(
     concurrency: int, age: int
 ) -> None:
-    from courierflow.aws.deploy import size_for_concurrency
+    from courierflow.aws.account import size_for_concurrency
 
     assert size_for_concurrency(concurrency) == {"DeliveryEventAgeS": str(age)}
 
 
 def test_aws_check_reports_concurrency_instance_types_and_roles_of_a_lab_account() -> None:
-    from courierflow.aws.deploy import check
+    from courierflow.aws.account import check
 
     with mock_aws():
         iam = boto3.client("iam", region_name="us-east-1")

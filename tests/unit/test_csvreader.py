@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from courierflow.csvreader import SNIFF_BYTES, ReaderLimits, check_object_size, read_orders
-from courierflow.errors import UnreadableFileError
+from courierflow.errors import ConfigError, UnreadableFileError
 from courierflow.orders import Order, Reject
 from courierflow.rejects import write_rejects
 
@@ -395,7 +395,7 @@ def test_limits_are_read_from_os_environ_by_default(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_limit_that_is_not_a_number_fails_loudly() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="COURIERFLOW_MAX_ROWS='lots' is not a whole number"):
         ReaderLimits.from_env({"COURIERFLOW_MAX_ROWS": "lots"})
 
 
@@ -523,7 +523,7 @@ def test_an_object_over_max_object_bytes_is_refused_before_reading() -> None:
 
 
 def test_a_limit_of_zero_or_less_fails_loudly() -> None:
-    with pytest.raises(ValueError, match="COURIERFLOW_MAX_FIELD_BYTES"):
+    with pytest.raises(ConfigError, match="COURIERFLOW_MAX_FIELD_BYTES"):
         ReaderLimits.from_env({"COURIERFLOW_MAX_FIELD_BYTES": "0"})
 
 

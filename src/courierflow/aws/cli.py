@@ -124,7 +124,7 @@ def _say(line: str) -> None:
 @app.command()
 def check(region: Region = None, profile: Profile = None, output: OutputOpt = Output.TABLE) -> None:
     """Credentials, region, and what the account allows (can roles be created?)."""
-    from courierflow.aws.deploy import check as run_check
+    from courierflow.aws.account import check as run_check
 
     report = run_check(aws_region(region, profile))
     if output is Output.JSON:

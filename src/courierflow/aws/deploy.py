@@ -3,17 +3,11 @@ transform), from the same code the local stack runs."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import importlib.metadata
 import re
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +15,23 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from courierflow.aws.account import (
+    ASSUMED_CONCURRENCY,
+    DEFAULT_CONCURRENCY,
+    aws_call,
+    lambda_concurrency,
+    size_for_concurrency,
+)
+from courierflow.aws.artifacts import (
+    ARTIFACT_PREFIX,
+    content_digest,
+    manager_artifacts,
+    template_body,
+)
 from courierflow.aws.layer import build_layer
-from courierflow.errors import CourierflowError
+from courierflow.config import DEFAULT_REGION
+from courierflow.errors import DeployError
 
-ROOT = Path(__file__).resolve().parents[3]
-#: the SAM template and the EC2 files, shipped inside the package (deploy works from an
-#: installed wheel as from a source checkout)
-INFRA = Path(__file__).resolve().parents[1] / "infra"
-TEMPLATE = INFRA / "template.yaml"
-BOOTSTRAP = INFRA / "ec2" / "bootstrap.sh"
 #: the broker's host in the stored AMQP URL: the manager's own view (it runs beside the
 #: broker); the publisher is given the instance's private address (COURIERFLOW_AMQP_HOST)
 BROKER_HOST = "localhost"
@@ -43,26 +45,6 @@ PARAMETER = "/courierflow/amqp-url"
 DEBIAN_AMI_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
 #: the stack states that mean "finished" (successfully or not)
 DONE = ("_COMPLETE", "_FAILED")
-#: the layer path in the template, replaced by the uploaded zip's S3 URI
-LOCAL_LAYER = "ContentUri: ../layer_contents.zip"
-#: key prefix of every artifact in the artifacts bucket; each build goes under a folder
-#: named by the digest of its contents, so new code means new keys and a changed template
-#: (the same key would leave CloudFormation nothing to update)
-ARTIFACT_PREFIX = "courierflow/"
-#: hex digits of the content digest in artifact keys
-DIGEST_CHARS = 16
-#: Lambda's limit on an asynchronous event's age, seconds (invocation-async-configuring)
-MAX_EVENT_AGE_S = 21600
-#: the shortest event age deploy picks: an hour for a failed delivery to surface
-MIN_EVENT_AGE_S = 3600
-#: orders in the file the sizing plans for, and their mean trip (randint(2, 10))
-PLANNED_ORDERS = 10_000
-MEAN_TRIP_S = 6.0
-#: Lambda's default concurrency quota per region
-DEFAULT_CONCURRENCY = 1000
-#: what deploy plans for when the account will not say: a Learner Lab's limit, the
-#: lowest seen, so nothing expires in Lambda's queue
-ASSUMED_CONCURRENCY = 10
 #: seconds between two looks at a stack in progress
 POLL_S = 5.0
 #: stack names become bucket names (lower case, digits, hyphens)
@@ -72,16 +54,12 @@ PRIVATE_ACCESS = ("nat-instance", "endpoints")
 MODES = ("manager", "serverless")
 
 
-class DeployError(CourierflowError):
-    """Raised when AWS refuses a step of a deployment; the message says which and why."""
-
-
 @dataclass
 class DeployOptions:
     """What `courierflow deploy` was asked for; ``validate()`` refuses impossible mixes."""
 
     stack_name: str = "courierflow"
-    region: str = "us-east-1"
+    region: str = DEFAULT_REGION
     transport: str = "rabbitmq"
     mode: str = "manager"
     role_arn: str = ""
@@ -123,20 +101,6 @@ class DeployOptions:
             )
 
 
-def size_for_concurrency(concurrency: int) -> dict[str, str]:
-    """Template parameters sized from the account's Lambda concurrency.
-
-    With C environments, a file of PLANNED_ORDERS orders drains from Lambda's queue in
-    about PLANNED_ORDERS x MEAN_TRIP_S / C seconds (6,000 s at the 10 of a lab account);
-    events must not expire before their turn, so the maximum event age is four times that,
-    between an hour and Lambda's limit of 6 hours. The reconciler waits that long before it
-    calls a dispatched order stuck: until then Lambda still holds it.
-    """
-    drain_s = PLANNED_ORDERS * MEAN_TRIP_S / max(1, concurrency)
-    age = int(min(MAX_EVENT_AGE_S, max(MIN_EVENT_AGE_S, 4 * drain_s)))
-    return {"DeliveryEventAgeS": str(age)}
-
-
 def template_parameters(
     options: DeployOptions,
     artifact_bucket: str,
@@ -164,99 +128,15 @@ def template_parameters(
     return params
 
 
-def content_digest(paths: Iterable[Path]) -> str:
-    """A digest of what the files hold, not of how they were packed: a zip's members are
-    read by name and bytes (a rebuilt wheel has new timestamps but the same digest)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                for name in sorted(archive.namelist()):
-                    digest.update(name.encode() + b"\0" + archive.read(name) + b"\0")
-        else:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:DIGEST_CHARS]
-
-
-def template_body(layer_uri: str) -> str:
-    """The SAM template with the layer pointing at the uploaded zip."""
-    text = TEMPLATE.read_text()
-    if LOCAL_LAYER not in text:
-        raise DeployError(f"{TEMPLATE} no longer has {LOCAL_LAYER!r}; update deploy.py")
-    return text.replace(LOCAL_LAYER, f"ContentUri: {layer_uri}")
-
-
-def _aws(call: Callable[..., Any], **kwargs: Any) -> Any:
-    try:
-        return call(**kwargs)
-    except (ClientError, BotoCoreError) as exc:
-        raise DeployError(f"{getattr(call, '__name__', 'AWS call')}: {exc}") from None
-
-
-def lambda_concurrency(region: str) -> int | None:
-    """The account's Lambda concurrency (GetAccountSettings: AccountLimit
-    .ConcurrentExecutions; 1,000 by default, lower in new and Learner Lab accounts), or
-    None when the account does not let us read it."""
-    try:
-        settings = boto3.client("lambda", region_name=region).get_account_settings()
-    except (ClientError, BotoCoreError):
-        return None
-    limit = settings.get("AccountLimit", {}).get("ConcurrentExecutions")
-    return int(limit) if limit else None
-
-
-def check(region: str) -> dict[str, str]:
-    """Credentials, region, Lambda concurrency, and whether this account may create roles."""
-    sts = boto3.client("sts", region_name=region)
-    identity = _aws(sts.get_caller_identity)
-    iam = boto3.client("iam", region_name=region)
-    report = {"account": identity["Account"], "arn": identity["Arn"], "region": region}
-    concurrency = lambda_concurrency(region)
-    report["concurrency"] = (
-        str(concurrency) if concurrency else "unknown (GetAccountSettings refused)"
-    )
-    planned = concurrency or ASSUMED_CONCURRENCY
-    report["event_age_s"] = size_for_concurrency(planned)["DeliveryEventAgeS"]
-    report["instance_types"] = _instance_types(region)
-    try:
-        iam.get_role(RoleName="LabRole")
-        report["lab_role"] = f"arn:aws:iam::{identity['Account']}:role/LabRole"
-        report["roles"] = "cannot be created here (Learner Lab): use LabRole"
-        report["advice"] = (
-            f"Learner Lab detected: deploy with --role-arn {report['lab_role']} "
-            "--instance-profile LabInstanceProfile"
-        )
-    except ClientError:
-        report["roles"] = "the template creates least-privilege roles (needs iam:CreateRole)"
-        report["advice"] = "no LabRole: the template creates its own roles"
-    return report
-
-
-#: the instance types the template allows
-INSTANCE_TYPES = ("t3.micro", "t2.micro", "t3.small")
-
-
-def _instance_types(region: str) -> str:
-    """Which of the template's instance types this region offers (or why unknown)."""
-    try:
-        found = boto3.client("ec2", region_name=region).describe_instance_type_offerings(
-            Filters=[{"Name": "instance-type", "Values": list(INSTANCE_TYPES)}]
-        )
-    except (ClientError, BotoCoreError) as exc:
-        return f"unknown ({exc})"
-    offered = sorted({o["InstanceType"] for o in found.get("InstanceTypeOfferings", [])})
-    return ", ".join(offered) or "none of " + ", ".join(INSTANCE_TYPES)
-
-
 def _artifact_bucket(s3: Any, account: str, region: str) -> str:
     name = f"courierflow-artifacts-{account}-{region}"
     try:
         s3.head_bucket(Bucket=name)
     except ClientError:
         kwargs: dict[str, Any] = {"Bucket": name}
-        if region != "us-east-1":
+        if region != DEFAULT_REGION:  # the one region CreateBucket takes no location for
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-        _aws(s3.create_bucket, **kwargs)
+        aws_call(s3.create_bucket, **kwargs)
     return name
 
 
@@ -269,7 +149,7 @@ def deploy(options: DeployOptions, say: Callable[[str], None] = print) -> dict[s
     """
     options.validate()
     region = options.region
-    account = _aws(boto3.client("sts", region_name=region).get_caller_identity)["Account"]
+    account = aws_call(boto3.client("sts", region_name=region).get_caller_identity)["Account"]
     s3 = boto3.client("s3", region_name=region)
     bucket = _artifact_bucket(s3, account, region)
     say(f"artifacts go to s3://{bucket}/{ARTIFACT_PREFIX}")
@@ -284,12 +164,12 @@ def deploy(options: DeployOptions, say: Callable[[str], None] = print) -> dict[s
         say("building the layer (pika + courierflow for python3.11, x86_64) ...")
         layer = build_layer(Path(tmp) / "layer_contents.zip")
         layer_key = f"{ARTIFACT_PREFIX}layer-{content_digest([layer])}.zip"
-        _aws(s3.upload_file, Filename=str(layer), Bucket=bucket, Key=layer_key)
+        aws_call(s3.upload_file, Filename=str(layer), Bucket=bucket, Key=layer_key)
         if options.mode == "manager":
-            files = _manager_artifacts(Path(tmp), say)
+            files = manager_artifacts(Path(tmp), say)
             prefix = f"{ARTIFACT_PREFIX}{content_digest(files)}/"
             for path in files:
-                _aws(s3.upload_file, Filename=str(path), Bucket=bucket, Key=prefix + path.name)
+                aws_call(s3.upload_file, Filename=str(path), Bucket=bucket, Key=prefix + path.name)
     if options.transport == "rabbitmq":
         store_broker_url(boto3.client("ssm", region_name=region), say)
     body = template_body(f"s3://{bucket}/{layer_key}")
@@ -300,62 +180,6 @@ def deploy(options: DeployOptions, say: Callable[[str], None] = print) -> dict[s
         say("running the SAM transform here (the stand-in account has none)")
         body = transform_text(body, params)
     return _apply_change_set(options, body, params, say)
-
-
-def _manager_artifacts(tmp: Path, say: Callable[[str], None]) -> list[Path]:
-    """The courierflow wheel, bootstrap.sh and the unit file the EC2 user data fetches."""
-    say("building the courierflow wheel for the EC2 manager ...")
-    if (ROOT / "pyproject.toml").is_file() and (ROOT / "src" / "courierflow").is_dir():
-        try:  # a source checkout: the wheel of its code
-            subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp),
-                 str(ROOT)],
-                check=True,
-            )  # fmt: skip
-        except subprocess.CalledProcessError as exc:
-            raise DeployError(f"could not build the courierflow wheel: {exc}") from None
-        wheel = next(tmp.glob("courierflow-*.whl"))
-    else:  # installed from a wheel: the same files, packed again
-        wheel = wheel_from_installed(tmp)
-    return [wheel, BOOTSTRAP, BOOTSTRAP.parent / "courierflow-manager.service"]
-
-
-#: files of an installed distribution that are the installer's, not the wheel's
-_INSTALLER_FILES = ("INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
-
-
-def wheel_from_installed(out_dir: Path, name: str = "courierflow") -> Path:
-    """The wheel of the installed distribution ``name``, packed from the files its RECORD
-    lists (the package, its data and its .dist-info; not scripts, caches or what the
-    installer added), with a new RECORD. For a deploy from an installed wheel, where no
-    source tree exists to build one from."""
-    dist = importlib.metadata.distribution(name)
-    version = dist.version
-    base = Path(str(dist.locate_file("")))
-    members: list[tuple[str, bytes]] = []
-    for entry in dist.files or []:
-        path = str(entry)
-        parts = Path(path).parts
-        if (path.startswith("..") or "__pycache__" in parts or path.endswith(".pyc")
-                or (".dist-info" in parts[0] and parts[-1] in _INSTALLER_FILES)):  # fmt: skip
-            continue
-        members.append((path, (base / path).read_bytes()))
-    if not members:
-        raise DeployError(f"the installed {name} lists no files to pack into a wheel")
-    info = f"{name}-{version}.dist-info"
-    record = [f"{path},sha256={_b64_digest(data)},{len(data)}" for path, data in members]
-    record.append(f"{info}/RECORD,,")
-    wheel = out_dir / f"{name}-{version}-py3-none-any.whl"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path, data in members:
-            archive.writestr(path, data)
-        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
-    return wheel
-
-
-def _b64_digest(data: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def store_broker_url(ssm: Any, say: Callable[[str], None] = print) -> str:
@@ -375,7 +199,7 @@ def store_broker_url(ssm: Any, say: Callable[[str], None] = print) -> str:
         return PARAMETER
     password = secrets.token_urlsafe(24)
     url = f"amqp://{AMQP_USER}:{password}@{BROKER_HOST}:5672/{AMQP_VHOST}"
-    _aws(ssm.put_parameter, Name=PARAMETER, Value=url, Type="SecureString", Overwrite=False)
+    aws_call(ssm.put_parameter, Name=PARAMETER, Value=url, Type="SecureString", Overwrite=False)
     say(f"generated broker credentials, stored in SSM {PARAMETER} (SecureString)")
     return PARAMETER
 
@@ -393,7 +217,7 @@ def _apply_change_set(
     kind = "CREATE" if current is None else "UPDATE"
     name = f"courierflow-{int(time.time())}"
     started = time.time()
-    _aws(
+    aws_call(
         cfn.create_change_set,
         StackName=options.stack_name,
         ChangeSetName=name,
@@ -408,14 +232,16 @@ def _apply_change_set(
             StackName=options.stack_name, ChangeSetName=name, WaiterConfig={"Delay": int(POLL_S)}
         )
     except (ClientError, BotoCoreError):
-        described = _aws(cfn.describe_change_set, StackName=options.stack_name, ChangeSetName=name)
+        described = aws_call(
+            cfn.describe_change_set, StackName=options.stack_name, ChangeSetName=name
+        )
         reason = str(described.get("StatusReason", ""))
         if "didn't contain changes" in reason or "No updates" in reason:
             say("nothing to change: the stack is up to date")
-            _aws(cfn.delete_change_set, StackName=options.stack_name, ChangeSetName=name)
+            aws_call(cfn.delete_change_set, StackName=options.stack_name, ChangeSetName=name)
             return outputs(options.stack_name, options.region)
         raise DeployError(f"change set {name} failed: {reason}") from None
-    _aws(cfn.execute_change_set, StackName=options.stack_name, ChangeSetName=name)
+    aws_call(cfn.execute_change_set, StackName=options.stack_name, ChangeSetName=name)
     status = _follow(cfn, options.stack_name, say, since=started)
     if not status.endswith("_COMPLETE") or "ROLLBACK" in status:
         raise DeployError(f"stack {options.stack_name} ended in {status}; see the events above")
@@ -449,7 +275,7 @@ def _follow(cfn: Any, stack: str, say: Callable[[str], None], since: float = 0.0
 def outputs(stack: str, region: str) -> dict[str, str]:
     """The stack's outputs by key."""
     cfn = boto3.client("cloudformation", region_name=region)
-    described = _aws(cfn.describe_stacks, StackName=stack)["Stacks"][0]
+    described = aws_call(cfn.describe_stacks, StackName=stack)["Stacks"][0]
     return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
 
 
@@ -470,7 +296,7 @@ def destroy(stack: str, region: str, say: Callable[[str], None] = print) -> None
             raise DeployError(f"cannot empty s3://{bucket}: {exc}") from None
         say(f"emptied s3://{bucket}")
     started = time.time()
-    _aws(cfn.delete_stack, StackName=stack)
+    aws_call(cfn.delete_stack, StackName=stack)
     status = _follow(cfn, stack, say, since=started)
     say(f"stack {stack}: {status}")
     if status != "DELETE_COMPLETE":
@@ -530,5 +356,5 @@ def submit(file: Path, stack: str, region: str) -> Upload:
         )
     s3 = boto3.client("s3", region_name=region)
     with open(file, "rb") as body:
-        put = _aws(s3.put_object, Bucket=bucket, Key=file.name, Body=body)
+        put = aws_call(s3.put_object, Bucket=bucket, Key=file.name, Body=body)
     return Upload(bucket, file.name, put["ETag"].strip('"'), table)

@@ -1,6 +1,6 @@
 """Running a function as AWS runs it: its own interpreter, its code and its layers only.
 
-The service copies the runtime (``runtime.py`` and the two modules it imports, which
+The service copies the runtime (``runtime.py`` and the modules it imports, which
 import nothing else but the standard library) into a private package under its state
 folder, named so that no function's code or layer can clash with it, and starts the
 function's zygote as ``RUNTIME_PYTHON -I -c BOOTSTRAP SOCKET CONFIG_JSON``. ``-I`` keeps
@@ -23,7 +23,7 @@ from courierflow.errors import ConfigError
 #: the private copy's package name: nothing a function ships is called that
 RUNTIME_PACKAGE = "_courierflow_lambda_runtime"
 #: the modules the runtime is made of (they import each other relatively, nothing else)
-RUNTIME_MODULES = ("runtime.py", "logformat.py", "protocol.py")
+RUNTIME_MODULES = ("runtime.py", "logformat.py", "protocol.py", "preload.py")
 #: the service's variables an isolated function also gets: where AWS is and who it is
 PASSED_VARIABLES = frozenset(
     {

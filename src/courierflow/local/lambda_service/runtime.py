@@ -20,7 +20,6 @@ handler's output costs disk, not memory.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import ctypes
 import gc
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .logformat import log_block
+from .preload import import_path, open_sockets, preload_imports
 from .protocol import encode, recv_frame
 
 #: handler output kept per invocation for the log (the rest is cut, with a note)
@@ -306,18 +306,6 @@ def _error_log(doc: dict[str, Any]) -> str:
     return f"[ERROR] {doc.get('errorType')}: {doc.get('errorMessage')}\n{trace}"
 
 
-def open_sockets() -> set[str]:
-    """The sockets this process holds (``socket:[INODE]`` links in /proc/self/fd)."""
-    found = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/self/fd/{fd}")
-                if target.startswith("socket:"):
-                    found.add(target)
-    return found
-
-
 def reexec_importing_per_environment(sock_path: str, config: dict[str, Any]) -> None:
     """The handler module connected to something while imported (a module-level
     ``pika.BlockingConnection``, say). Forked environments would share that one socket,
@@ -334,47 +322,12 @@ def reexec_importing_per_environment(sock_path: str, config: dict[str, Any]) -> 
     os.execv(argv[0], [*argv, sock_path, json.dumps(config)])
 
 
-def preload_imports(spec: str) -> None:
-    """Import the modules the handler module imports at its top level, without running
-    the module itself, so environments forked afterwards share them."""
-    module_name = spec.partition(":")[0] if ":" in spec else spec.rpartition(".")[0]
-    try:
-        found = importlib.util.find_spec(module_name)
-        source = found.loader.get_source(module_name) if found and found.loader else None  # type: ignore[attr-defined]
-        tree = ast.parse(source or "")
-    except Exception:  # the environments will report the import error properly
-        return
-    for node in tree.body:
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-
-def import_path(config: dict[str, Any]) -> list[str]:
-    """The folders the function's code is imported from, searched in this order:
-    its code (Lambda's /var/task), each layer's site-packages and ``python`` folders
-    (Lambda's /opt/python/lib/pythonX.Y/site-packages and /opt/python), in the order the
-    layers are given, then the service's ``--code-dir`` folders."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    paths = [config["code_dir"]] if config.get("code_dir") else []
-    for layer in config.get("layers") or []:
-        python = os.path.join(layer, "python")
-        paths += [os.path.join(python, "lib", version, "site-packages"), python]
-    return paths + list(config.get("code_dirs") or [])
-
-
 def main() -> None:
     """The zygote: import once, then fork an environment per line read on stdin."""
     sock_path, config = sys.argv[1], json.loads(sys.argv[2])
     die_with_parent()
-    # Environments keep the service's CPU priority. Lowered (nice 5), they lost the
-    # CPU to the manager and publisher while holding the ledger's write lock, and every
-    # other courier waited (e2e bench, fleet 256: ramp-up 3-7 s instead of ~3 s).
+    # environments keep the service's CPU priority: lowered, they would hold the
+    # ledger's write lock while waiting for the CPU, and every other courier with them
     install_lambda_logging()
     sys.path[:0] = import_path(config)
     started = time.perf_counter()
