@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from courierflow.errors import ConfigError
@@ -31,6 +32,8 @@ DEFAULT_HOME = ".courierflow"
 DEFAULT_SERVICE = "courierflow"
 #: the log level when no variable names one
 DEFAULT_LOG_LEVEL = "INFO"
+#: what boto3 signs requests to the local stand-ins with, never the user's real credentials
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 
 
 def resolve_region(env: Mapping[str, str] | None = None) -> str:
@@ -132,6 +135,21 @@ class Settings:
     #: the reconciler reads failed deliveries from this queue (Lambda's on-failure
     #: destination)
     failure_queue_url: str = ""
+    #: S3 and SQS of the local stack (moto's server), reached with LOCAL_CREDENTIALS; set
+    #: by ``courierflow.local.stack.settings_for``, "" elsewhere (boto3 then finds the
+    #: endpoints and credentials itself, ``AWS_ENDPOINT_URL_S3`` and the like included)
+    local_aws_url: str = ""
+
+    def aws_client(self, service: Literal["s3", "sqs"], **options: Any) -> Any:
+        """A boto3 client for ``service`` in ``region``: the local stack's when
+        ``local_aws_url`` is set, else wherever boto3 resolves it. ``options`` go to
+        ``boto3.client`` (a botocore ``Config``, say)."""
+        import boto3
+
+        make: Any = boto3.client
+        if self.local_aws_url:
+            options = {"endpoint_url": self.local_aws_url, **LOCAL_CREDENTIALS, **options}
+        return make(service, region_name=self.region, **options)
 
     def with_secrets(self) -> Settings:
         """Read the AMQP URL from SSM Parameter Store when ``amqp_secret`` names one, and

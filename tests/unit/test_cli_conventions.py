@@ -21,6 +21,7 @@ from courierflow import cli, errors
 from courierflow.aws.deploy import DeployError
 from courierflow.exitcodes import ExitCode, exit_code_for, exit_code_for_run
 from courierflow.ledger.base import open_ledger
+from courierflow.local import stack
 from courierflow.local.processes import free_port
 from courierflow.report.summary import RunSummary
 
@@ -331,5 +332,5 @@ def test_an_interrupted_command_exits_130(home: Path, monkeypatch: pytest.Monkey
     def interrupted(_home: Path) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.stack, "load", interrupted)
+    monkeypatch.setattr(stack, "load", interrupted)
     assert invoke(home, "status").exit_code == ExitCode.INTERRUPTED

@@ -1,15 +1,20 @@
-"""Upload a file to a running stack and follow its orders through the ledger."""
+"""Run a file on this machine: upload it to a running stack (or one started for the run),
+follow its orders through the ledger until they finish, and gather what a report needs.
+``follow_file`` follows a file uploaded anywhere, AWS included."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from courierflow.config import Settings
 from courierflow.errors import StackError
-from courierflow.ledger.base import FileRecord, FileState, Ledger
-from courierflow.local.stack import StackInfo, local_client
+from courierflow.ledger.base import FileRecord, FileState, Ledger, open_ledger
+from courierflow.local import stack
+from courierflow.local.stack import StackInfo, StackOptions, local_client
 from courierflow.orders import OrderState
 from courierflow.report.summary import RunSummary, summarize
 
@@ -74,3 +79,98 @@ def follow(
             break
         time.sleep(POLL_S)
     return summarize(ledger.get_file(bucket, key, etag), ledger.orders(source), started_at)
+
+
+def _unwatched(_progress: Progress) -> None:
+    """No one is watching the progress."""
+
+
+@dataclass
+class FollowedRun:
+    """A file followed to the end."""
+
+    summary: RunSummary
+    #: (line, reason) of each row the publisher rejected, from its rejects file
+    rejects: list[tuple[int, str]]
+    #: report.html, when one was written
+    report: Path | None = None
+
+
+def follow_file(
+    ledger: Ledger,
+    bucket: str,
+    key: str,
+    etag: str,
+    started_at: float,
+    stall_timeout_s: float,
+    settings: Settings | None = None,
+    on_progress: Callable[[Progress], None] = _unwatched,
+) -> FollowedRun:
+    """:func:`follow` one uploaded file, then read its rejected rows from the bucket
+    (reached as ``settings`` say; by default as boto3 resolves it)."""
+    from courierflow.report.run import fetch_rejects  # the report's modules load on use
+
+    summary = follow(ledger, bucket, key, etag, started_at, stall_timeout_s, on_progress)
+    rejects = fetch_rejects(summary.file, settings) if summary.file and summary.rejected else []
+    return FollowedRun(summary, rejects)
+
+
+def submit_file(
+    info: StackInfo,
+    path: Path,
+    started_at: float,
+    stall_timeout_s: float,
+    base: Settings,
+    on_progress: Callable[[Progress], None] = _unwatched,
+) -> FollowedRun:
+    """Upload ``path`` to the running stack ``info`` and follow its orders to the end."""
+    settings = info.settings(base)
+    ledger = open_ledger(settings.ledger_url)
+    try:
+        key, etag = upload(info, path)
+        return follow_file(
+            ledger, info.bucket, key, etag, started_at, stall_timeout_s, settings, on_progress
+        )
+    finally:
+        ledger.close()
+
+
+def run_file(
+    base: Settings,
+    path: Path,
+    options: StackOptions,
+    stall_timeout_s: float,
+    *,
+    keep_up: bool = False,
+    report_html: Path | None = None,
+    plot: Path | None = None,
+    starting: Callable[[], AbstractContextManager[object]] = nullcontext,
+    on_progress: Callable[[Progress], None] = _unwatched,
+) -> FollowedRun:
+    """Run ``path`` through the stack running from ``base.home``, or through one started
+    with ``options`` (``starting()`` wraps its start) and stopped afterwards unless
+    ``keep_up``; then write report.html (``report_html``, default under the home) and
+    the timeline PNG when ``plot`` names one. Rejected rows are read while the stack's
+    bucket is still up."""
+    info = stack.load(base.home)
+    started_here = info is None or not info.alive()
+    if info is None or started_here:
+        with starting():
+            info = stack.up(base, options)
+    try:
+        started_at = time.time()
+        run = submit_file(info, path, started_at, stall_timeout_s, base, on_progress)
+        if run.summary.file:  # the publisher recorded the file
+            from courierflow.report.run import write_run_report
+
+            ledger = open_ledger(info.settings(base).ledger_url)
+            try:
+                out = report_html or base.home / "report.html"
+                source = run.summary.file
+                run.report = write_run_report(ledger, out, source, started_at, plot, run.rejects)
+            finally:
+                ledger.close()
+    finally:
+        if started_here and not keep_up:
+            stack.down(base.home)
+    return run

@@ -15,9 +15,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +23,7 @@ import boto3
 import pika
 import pika.exceptions
 
-from courierflow.config import Settings
+from courierflow.config import DEFAULT_REGION, LOCAL_CREDENTIALS, Settings
 from courierflow.errors import StackError
 from courierflow.local.processes import (
     ManagedProcess,
@@ -36,6 +34,14 @@ from courierflow.local.processes import (
     start_moto_server,
     start_rabbitmq,
     stop_pid,
+)
+from courierflow.local.stack_parts import DELIVERY as DELIVERY  # the names, for callers
+from courierflow.local.stack_parts import PUBLISHER as PUBLISHER
+from courierflow.local.stack_parts import (
+    courierflow_argv,
+    function_env,
+    lambda_service_argv,
+    reconciler_argv,
 )
 
 log = logging.getLogger(__name__)
@@ -51,10 +57,6 @@ ORDERS_QUEUE = "courierflow-orders-queue"
 FAILURE_QUEUE = "courierflow-delivery-failures"
 #: the stack's description, under the state folder
 STACK_FILE = "stack.json"
-PUBLISHER = "lambda_order_publisher"
-#: what boto3 signs requests to the local stand-ins with
-LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-DELIVERY = "lambda_delivery"
 
 
 @dataclass
@@ -124,14 +126,27 @@ class StackInfo:
             # Local servers get dummy credentials, never the user's real ones.
             "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
             "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
+            "AWS_REGION": DEFAULT_REGION,
             "COURIERFLOW_AMQP_URL": self.amqp_url,
             "COURIERFLOW_QUEUE_URL": self.queue_url or self.amqp_url,
             "COURIERFLOW_LEDGER_URL": self.ledger_url,
             "COURIERFLOW_HOME": self.home,
             "COURIERFLOW_QUEUE": self.queue,
         }
+
+    def settings(self, base: Settings) -> Settings:
+        """``base`` pointed at this stack, as :meth:`client_env` points a child process."""
+        return replace(
+            base,
+            amqp_url=self.amqp_url,
+            queue_url=self.queue_url or self.amqp_url,
+            queue=self.queue,
+            ledger_url=self.ledger_url,
+            home=Path(self.home),
+            region=DEFAULT_REGION,
+            local_aws_url=self.moto_url,
+        )
 
     def alive(self) -> bool:
         return bool(self.pids) and all(pid_alive(pid) for pid in self.pids.values())
@@ -147,6 +162,47 @@ def load(home: Path) -> StackInfo | None:
         raise StackError(
             f"{home / STACK_FILE} is damaged ({exc}); run `courierflow down`"
         ) from None
+
+
+def running(home: Path) -> StackInfo:
+    """The stack running from ``home``.
+
+    Raises:
+        StackError: none is (never started, stopped, or one of its processes died).
+    """
+    info = load(home)
+    if info is None or not info.alive():
+        raise StackError(f"no local stack is running from {home}: start one with `courierflow up`")
+    return info
+
+
+def settings_for(home: Path, base: Settings | None = None) -> Settings:
+    """The settings that point courierflow at the stack described under ``home`` (its
+    queue, ledger, region, and moto's S3 and SQS), over ``base`` (default: the
+    environment's); ``base`` itself when no stack is described there."""
+    base = base or Settings.from_env()
+    info = load(home)
+    return base if info is None else info.settings(base)
+
+
+def readable_ledger_url(settings: Settings) -> str:
+    """The ledger a reader such as `courierflow status` opens: the stack's described
+    under ``settings.home``, else ``settings.ledger_url``.
+
+    Raises:
+        StackError: no stack and no ledger file where the settings point (a fresh home).
+    """
+    info = load(settings.home)
+    if info is not None:
+        return info.ledger_url
+    path = settings.ledger_url.removeprefix("sqlite:///")
+    if path != settings.ledger_url and not Path(path).exists():
+        raise StackError(
+            f"no local stack is running from {settings.home} and no ledger is there yet: "
+            "start one with `courierflow up` (or run a file with `courierflow run FILE`), "
+            "or point COURIERFLOW_LEDGER_URL at a ledger"
+        )
+    return settings.ledger_url
 
 
 def broker_answers(url: str) -> bool:
@@ -193,7 +249,7 @@ def _start_dashboard(info: StackInfo, port: int) -> None:
     """Serve the dashboard for this stack (it reads stack.json for its probes); a
     dashboard that cannot start is reported, never a reason to stop the stack."""
     port = port if not port_open(port) else free_port()
-    info.commands["dashboard"] = [*_courierflow(), "dashboard", "--port", str(port)]
+    info.commands["dashboard"] = [*courierflow_argv(), "dashboard", "--port", str(port)]
     proc = _spawn_part(info, "dashboard", port)
     try:
         proc.wait_for_port(30)
@@ -257,20 +313,13 @@ def _start(
     )
     lambda_port = free_port()
     info.lambda_url = f"http://127.0.0.1:{lambda_port}"
-    info.commands["lambda"] = _lambda_service_argv(home, lambda_port, info, options)
+    info.commands["lambda"] = lambda_service_argv(
+        home, lambda_port, options, upload_q, failure_q, queue_url
+    )
     managers = options.managers if options.mode == "manager" else 0
     for i in range(managers):
-        info.commands[f"manager-{i}"] = [*_courierflow(), "manager"]
-    info.commands["reconciler"] = [
-        *_courierflow(),
-        "reconcile",
-        "--every",
-        str(options.reconcile_every_s),
-        "--stuck-after",
-        str(options.stuck_after_s),
-        "--failure-queue",
-        failure_q,
-    ]
+        info.commands[f"manager-{i}"] = [*courierflow_argv(), "manager"]
+    info.commands["reconciler"] = reconciler_argv(options, failure_q)
     for name in info.commands:
         proc = _spawn_part(info, name)
         started.append((name, proc.pid))
@@ -283,7 +332,7 @@ def _start(
 def _spawn_part(info: StackInfo, name: str, port: int = 0) -> ManagedProcess:
     """Start one of the stack's own processes (lambda, manager-N, reconciler, dashboard)."""
     options = StackOptions(**info.options)  # type: ignore[arg-type]
-    env = {**os.environ, **info.client_env(), **_function_env(options)}
+    env = {**os.environ, **info.client_env(), **function_env(options)}
     if name == "lambda":
         port = int(info.lambda_url.rsplit(":", 1)[-1])
     log_name = "lambda-service" if name == "lambda" else name
@@ -305,25 +354,10 @@ def restart(home: Path, name: str) -> int:
     return proc.pid
 
 
-def _courierflow() -> list[str]:
-    exe = shutil.which("courierflow", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "courierflow.cli"]
-
-
-def _function_env(options: StackOptions) -> dict[str, str]:
-    return {
-        "COURIERFLOW_TIME_SCALE": str(options.time_scale),
-        "COURIERFLOW_DELAY_MIN": str(options.delay_min),
-        "COURIERFLOW_DELAY_MAX": str(options.delay_max),
-        "COURIERFLOW_FAIL_RATE": str(options.fail_rate),
-        "COURIERFLOW_DUPLICATE_RATE": str(options.duplicate_rate),
-    }
-
-
 def local_client(service: Literal["s3", "sqs"], endpoint: str) -> Any:
     """A boto3 client for one of the local stand-ins."""
     make: Any = boto3.client
-    return make(service, endpoint_url=endpoint, region_name="us-east-1", **LOCAL_CREDENTIALS)
+    return make(service, endpoint_url=endpoint, region_name=DEFAULT_REGION, **LOCAL_CREDENTIALS)
 
 
 def _create_aws_resources(moto_url: str) -> tuple[str, str]:
@@ -345,51 +379,6 @@ def _create_aws_resources(moto_url: str) -> tuple[str, str]:
         },
     )
     return upload_q, failure_q
-
-
-def _lambda_service_argv(
-    home: Path, port: int, info: StackInfo, options: StackOptions
-) -> list[str]:
-    delivery_timeout = max(15, int(options.delay_max * options.time_scale) + 5)
-    return [
-        *_courierflow(),
-        "lambda",
-        "serve",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(home / "lambda"),
-        "--function",
-        f"{PUBLISHER}=courierflow.functions.publisher:lambda_handler",
-        "--function",
-        f"{DELIVERY}=courierflow.functions.delivery:lambda_handler",
-        "--set",
-        f"{PUBLISHER}.timeout=900",
-        "--set",
-        f"{PUBLISHER}.concurrency=4",
-        "--set",
-        f"{DELIVERY}.timeout={delivery_timeout}",
-        "--set",
-        f"{DELIVERY}.concurrency={options.fleet}",
-        "--set",
-        f"{DELIVERY}.provisioned_concurrency={options.provisioned}",
-        "--set",
-        f"{DELIVERY}.retry_delays={options.retry_delays}",
-        "--set",
-        f"{DELIVERY}.on_failure={info.failure_queue_url}",
-        "--event-source-sqs",
-        f"{PUBLISHER}={info.upload_queue_url}",
-        *(
-            [
-                "--event-source-sqs",
-                f"{DELIVERY}={info.queue_url}",
-                "--set",
-                f"{DELIVERY}.sqs_batch_size=1",
-            ]
-            if options.mode == "serverless"
-            else []
-        ),
-    ]
 
 
 def down(home: Path) -> list[str]:

@@ -13,6 +13,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from courierflow.config import Settings
 from courierflow.errors import ConfigError
 from courierflow.ledger.base import Ledger
 from courierflow.rejects import rejects_key
@@ -32,12 +33,18 @@ def latest_source(ledger: Ledger) -> str:
     return latest[1]
 
 
-def fetch_rejects(source: str) -> list[tuple[int, str]]:
+def fetch_rejects(source: str, settings: Settings | None = None) -> list[tuple[int, str]]:
     """(line, reason) of the rows the publisher rejected from ``source``; empty when the
-    file had none or its bucket cannot be reached any more (the local stack is down)."""
+    file had none or its bucket cannot be reached any more (the local stack is down).
+    The bucket is reached as ``settings`` say (the local stack's S3), else as boto3
+    resolves it."""
     bucket, _, key = source.removeprefix("s3://").partition("/")
+    patience = Config(connect_timeout=3, retries={"max_attempts": 2})
     try:
-        s3 = boto3.client("s3", config=Config(connect_timeout=3, retries={"max_attempts": 2}))
+        if settings is None:
+            s3 = boto3.client("s3", config=patience)
+        else:
+            s3 = settings.aws_client("s3", config=patience)
         body = s3.get_object(Bucket=bucket, Key=rejects_key(key))["Body"]
         return read_rejects(body.read().decode("utf-8", errors="replace"))
     except ClientError as exc:
@@ -55,13 +62,14 @@ def write_run_report(
     started_at: float | None = None,
     plot: Path | None = None,
     rejects: list[tuple[int, str]] | None = None,
+    settings: Settings | None = None,
 ) -> Path:
     """Write ``report.html`` (and the timeline PNG when ``plot`` is given) for ``source``,
     by default the latest file in the ledger; returns the report's path. ``rejects``
-    are fetched from the bucket unless given."""
+    are fetched from the bucket (reached as ``settings`` say) unless given."""
     source = source or latest_source(ledger)
     if rejects is None:
-        rejects = fetch_rejects(source)
+        rejects = fetch_rejects(source, settings)
     write_report(ledger, source, started_at, out, rejects)
     if plot is not None:
         plot_timeline(ledger.orders(source), plot, started_at)

@@ -10,6 +10,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +90,15 @@ class Transport(ABC):
         """Release connections."""
 
 
-def open_transport(url: str, queue: str, region: str | None = None) -> Transport:
+def open_transport(
+    url: str, queue: str, region: str | None = None, sqs_client: Any = None
+) -> Transport:
     """The transport a queue URL names.
 
     ``amqp://``/``amqps://``: RabbitMQ, with ``queue`` as the queue name.
     ``sqs://NAME`` or an SQS queue URL (``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``,
-    or any ``http(s)://`` endpoint such as moto's): Amazon SQS, in ``region`` (default:
-    :func:`courierflow.config.resolve_region`).
+    or any ``http(s)://`` endpoint such as moto's): Amazon SQS through ``sqs_client``
+    (default: boto3's, in ``region``, else :func:`courierflow.config.resolve_region`).
     """
     from courierflow.errors import ConfigError
 
@@ -106,7 +109,7 @@ def open_transport(url: str, queue: str, region: str | None = None) -> Transport
     if url.startswith(("sqs://", "https://", "http://")):
         from courierflow.transports.sqs import SQSTransport
 
-        return SQSTransport(url, region=region)
+        return SQSTransport(url, client=sqs_client, region=region)
     raise ConfigError(
         f"unknown queue URL {url!r}: use amqp://user:pass@host:5672/vhost for RabbitMQ "
         "or sqs://QUEUE_NAME for SQS (COURIERFLOW_QUEUE_URL)"
