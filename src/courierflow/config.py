@@ -23,6 +23,10 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_QUEUE = "orders"
 #: the function the manager invokes once per order
 DEFAULT_DELIVERY_FUNCTION = "lambda_delivery"
+#: the function an upload triggers (the lab's name for it)
+DEFAULT_PUBLISHER_FUNCTION = "lambda_order_publisher"
+#: the account id of the stand-ins (moto's default account; the local Lambda ARNs)
+LOCAL_ACCOUNT_ID = "123456789012"
 #: the lab's region
 DEFAULT_REGION = "us-east-1"
 #: the local state folder (ledger, logs, pids), relative to the working directory

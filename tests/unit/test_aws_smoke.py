@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from courierflow.aws.smoke import run_smoke
+from courierflow.aws.smoke import POLL_S, run_smoke
 from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
@@ -54,7 +54,10 @@ def test_a_stack_whose_publisher_never_answers_is_named(stack: str) -> None:
 def test_orders_published_but_never_dispatched_point_at_the_queue(stack: str) -> None:
     ledger = DynamoDBLedger(stack, region="us-east-1")
 
-    def publish(_seconds: float) -> None:  # the stand-in for a publisher that works
+    now = [0.0]  # the smoke's clock, moved by its sleeps only
+
+    def publish(seconds: float) -> None:  # the stand-in for a publisher that works
+        now[0] += seconds
         bucket = boto3.client("s3", region_name="us-east-1").list_buckets()["Buckets"][0]
         key = boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket=bucket["Name"])[
             "Contents"
@@ -64,8 +67,9 @@ def test_orders_published_but_never_dispatched_point_at_the_queue(stack: str) ->
         ids = [f"{key.removesuffix('.csv')}-{i}" for i in (1, 2)]
         ledger.add_queued(ids, source, 0.0)
 
-    report = run_smoke("smoke", "us-east-1", count=2, timeout_s=0.5, say=lambda _: None,
-                       sleep=publish)  # fmt: skip
+    # one look before the publisher ran, one sleep (it runs), one look after: then time's up
+    report = run_smoke("smoke", "us-east-1", count=2, timeout_s=POLL_S, say=lambda _: None,
+                       sleep=publish, clock=lambda: now[0])  # fmt: skip
     assert not report.ok
     assert set(report.states.values()) == {"queued"}
     assert report.failed_part == "queue"  # this stack has no manager instance

@@ -74,6 +74,7 @@ def run_smoke(
     timeout_s: float = SMOKE_TIMEOUT_S,
     say: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> SmokeReport:
     """Upload ``count`` fresh orders to the stack and wait for every one of them."""
     with tempfile.TemporaryDirectory(prefix="courierflow-smoke-") as tmp:
@@ -82,7 +83,7 @@ def run_smoke(
     say(f"uploaded s3://{upload.bucket}/{upload.key} ({count} orders); waiting for them ...")
     ledger = DynamoDBLedger(upload.ledger_table, region=region)
     report = SmokeReport(stack, ids)
-    deadline = time.monotonic() + timeout_s
+    deadline = clock() + timeout_s
     file_seen = False
     while True:
         records = {r.order_id: r for r in ledger.orders(f"s3://{upload.bucket}/{upload.key}")}
@@ -91,7 +92,7 @@ def run_smoke(
         if all(state == OrderState.DELIVERED.value for state in report.states.values()):
             say(f"all {count} orders delivered")
             return report
-        if time.monotonic() >= deadline:
+        if clock() >= deadline:
             break
         sleep(POLL_S)
     diagnose(report, file_seen, stack, region)

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from courierflow.config import DEFAULT_DELIVERY_FUNCTION, DEFAULT_PUBLISHER_FUNCTION
+
 if TYPE_CHECKING:
     from courierflow.local.stack import StackOptions
 
-PUBLISHER = "lambda_order_publisher"
-DELIVERY = "lambda_delivery"
+PUBLISHER = DEFAULT_PUBLISHER_FUNCTION
+DELIVERY = DEFAULT_DELIVERY_FUNCTION
 
 
 def courierflow_argv() -> list[str]:

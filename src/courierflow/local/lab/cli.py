@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from courierflow.config import Settings
+from courierflow.config import DEFAULT_DELIVERY_FUNCTION, DEFAULT_PUBLISHER_FUNCTION, Settings
 from courierflow.exitcodes import ExitCode
 from courierflow.local.lab.diagnose import Finding, diagnose
 from courierflow.local.lab.follow import Observation, follow, order_records, summarize
@@ -56,10 +56,10 @@ def lab(
     ] = False,
     publisher: Annotated[
         str, typer.Option(help="The publisher's function name (and module, NAME.py).")
-    ] = "lambda_order_publisher",
+    ] = DEFAULT_PUBLISHER_FUNCTION,
     delivery: Annotated[
         str, typer.Option(help="The delivery's function name (and module, NAME.py).")
-    ] = "lambda_delivery",
+    ] = DEFAULT_DELIVERY_FUNCTION,
     manager: Annotated[str, typer.Option(help="The manager script, run from DIR.")] = "manager.py",
     stall_timeout: Annotated[
         float, typer.Option(help="Seconds without progress before the run is called over.", min=1)

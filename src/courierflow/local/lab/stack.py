@@ -25,6 +25,7 @@ from typing import Any
 
 import boto3
 
+from courierflow.config import DEFAULT_DELIVERY_FUNCTION, DEFAULT_PUBLISHER_FUNCTION, DEFAULT_REGION
 from courierflow.errors import ConfigError
 from courierflow.local.processes import (
     ManagedProcess,
@@ -42,7 +43,7 @@ AMQP_PORT = 5672
 BUCKET = "lab-orders"
 NOTIFICATION_QUEUE = "lab-orders-uploaded"
 #: the lab's region and the stand-ins' dummy credentials
-REGION = "us-east-1"
+REGION = DEFAULT_REGION
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 #: the broker's login, as a stock install has it
 BROKER_USER = "guest"
@@ -64,8 +65,8 @@ class LabOptions:
 
     directory: Path
     work: Path
-    publisher: str = "lambda_order_publisher"
-    delivery: str = "lambda_delivery"
+    publisher: str = DEFAULT_PUBLISHER_FUNCTION
+    delivery: str = DEFAULT_DELIVERY_FUNCTION
     manager: str = "manager.py"
 
 

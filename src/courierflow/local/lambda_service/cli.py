@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from courierflow.config import Settings
 from courierflow.local.lambda_service.config import account_limits, parse_flags
 
 app = typer.Typer(
@@ -25,7 +25,7 @@ app = typer.Typer(
 def _state_dir(state_dir: Path | None) -> Path:
     if state_dir is not None:
         return state_dir
-    return Path(os.environ.get("COURIERFLOW_HOME", ".courierflow")) / "lambda"
+    return Settings.from_env().home / "lambda"
 
 
 @app.command()

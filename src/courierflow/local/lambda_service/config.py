@@ -33,11 +33,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from courierflow.config import DEFAULT_REGION, LOCAL_ACCOUNT_ID
 from courierflow.errors import ConfigError
 
 #: account and region the local ARNs are made of
-ACCOUNT_ID = "123456789012"
-REGION = "us-east-1"
+ACCOUNT_ID = LOCAL_ACCOUNT_ID
+REGION = DEFAULT_REGION
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from courierflow.config import resolve_region
 from courierflow.errors import ConfigError
 from courierflow.local.lambda_service import isolated
 from courierflow.local.lambda_service.config import FunctionConfig
@@ -208,8 +210,8 @@ class EnvironmentPool:
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{c.name}",
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "AWS_EXECUTION_ENV": f"AWS_Lambda_python{self.python_version}",
-            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
-            "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+            "AWS_REGION": _region(),
+            "AWS_DEFAULT_REGION": _region(),
             "LAMBDA_TASK_ROOT": self.code_dir or (self.code_dirs or [os.getcwd()])[0],
             "LAMBDA_RUNTIME_DIR": str(self.runtime_root) if c.isolated else sys.prefix,
             "_HANDLER": c.handler,
@@ -382,3 +384,9 @@ class EnvironmentPool:
     def pids(self) -> list[int]:
         zygote = [self._zygote.pid] if self._zygote else []
         return zygote + [e.pid for e in [*self.idle, *self.busy]]
+
+
+@functools.cache
+def _region() -> str:
+    """The service's region (as the SDKs resolve it), which its functions run in."""
+    return resolve_region()

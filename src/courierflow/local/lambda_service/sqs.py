@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.config import Config
 
-from courierflow.local.lambda_service.config import REGION
+from courierflow.config import resolve_region
 
 
 def client_for_queue(queue_url: str, max_connections: int = 10) -> Any:
     """A boto3 SQS client that reaches ``queue_url``."""
     config = Config(retries={"mode": "standard"}, max_pool_connections=max_connections)
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or REGION
+    region = resolve_region()
     parts = urlsplit(queue_url)
     endpoint_set = os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint_set or parts.hostname is None or parts.hostname.endswith("amazonaws.com"):
