@@ -33,7 +33,8 @@ from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from courierflow.csvreader import ReaderLimits, check_object_size, read_orders
+from courierflow.config import ReaderLimits
+from courierflow.csvreader import check_object_size, read_orders
 from courierflow.errors import LedgerError, PublishIncomplete, UnreadableFileError
 from courierflow.ledger.base import FileRecord, FileState, Ledger
 from courierflow.orders import Order, Reject

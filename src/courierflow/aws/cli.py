@@ -212,8 +212,9 @@ def deploy(
 ) -> None:
     """Build and deploy the whole system with one CloudFormation change set. Progress
     goes to stderr; the stack's outputs (KEY: VALUE) to stdout."""
-    from courierflow.aws.deploy import DeployError, DeployOptions
+    from courierflow.aws.deploy import DeployOptions
     from courierflow.aws.deploy import deploy as run_deploy
+    from courierflow.errors import DeployError
 
     options = DeployOptions(
         stack_name=stack_name, region=aws_region(region, profile), transport=transport.value,

@@ -24,8 +24,7 @@ import boto3
 from botocore.config import Config
 
 from courierflow import logs, metrics
-from courierflow.config import LogSettings, Settings, xray_trace_id
-from courierflow.csvreader import ReaderLimits
+from courierflow.config import LogSettings, ReaderLimits, Settings, xray_trace_id
 from courierflow.errors import CourierflowError, PublishIncomplete
 from courierflow.functions.events import s3_objects
 from courierflow.ledger.base import open_ledger
