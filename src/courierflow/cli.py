@@ -678,7 +678,7 @@ def dashboard(
     if stack.load(settings.home) is None and not ledger:
         ledger = settings.ledger_url
     stderr.print(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
-    serve_dashboard(ledger, settings.home, host, port, token, source)
+    serve_dashboard(ledger, stack.load(settings.home), host, port, token, source)
 
 
 @dlq_app.command("list")
