@@ -50,3 +50,31 @@ class SyntheticRun(Collection[OrderRecord]):
         failed = len(range(0, self.n, FAIL_EVERY))
         return RunSummary("s3://b/big.csv", self.n, 0, self.n, 0, self.n - failed, failed, 0,
                           0, self.n * 0.0007 + 2.2, 160, 1428.6)  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tests.reportdata N OUT.html``: write the report of an N-order synthetic
+    run and print its size, the time and CPU it took, and the process's peak RSS."""
+    import resource
+    import sys
+    import time
+    from pathlib import Path
+
+    from courierflow.report.html import render_report
+
+    n, out = int(argv[0]), Path(argv[1])
+    run = SyntheticRun(n)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out.write_text(render_report(run.summary(), run, T0), encoding="utf-8")
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sys.stdout.write(
+        f"{n:,} orders: {out.stat().st_size / 1e6:.3f} MB in {wall:.1f} s "
+        f"({cpu:.1f} s CPU), peak RSS {peak_mb:.0f} MB\n"
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
