@@ -354,6 +354,7 @@ def test_a_large_run_makes_a_report_under_5_mb_listing_its_failures_in_bounded_m
     # the records are read a chunk at a time, never all held (they would take ~70 MB)
     assert peak < 30_000_000
     assert 'class="delivery' not in page and 'id="density"' in page
+    assert not re.search(r"""\b(src|href)\s*=|url\(|https?://|<script""", page)  # self-contained
     failures = section(page, "Failures")
     ids = large.failed_ids()
     assert failures.startswith(f"<h2>Failures ({len(ids)})</h2>")
