@@ -134,6 +134,8 @@ def render_report(
         figures=_figures(summary),
         outcomes=OUTCOMES,
         width=charts.CHART_WIDTH,
+        left=charts.LEFT,
+        right=charts.LEFT + charts.PLOT_WIDTH,
         detail_limit=DETAIL_LIMIT,
         column_s=(run.t1 - run.t0) / DENSITY_BINS,
         latency={"queue to start": run.waits.percentiles(),
