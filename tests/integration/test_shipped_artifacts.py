@@ -73,12 +73,16 @@ def test_the_wheel_installed_without_extras_runs_the_manager_command(
     assert result.stdout.strip() == f"courierflow {courierflow.__version__}"
 
     # deploy from this install: no source tree, so its files are packed into the wheel the
-    # instance gets, and the template and EC2 files come from the package
+    # instance gets, and the template and EC2 files come from the package; the report too
     out = tmp_path / "from-installed"
     code = (
         "import sys; from pathlib import Path; from courierflow.aws import artifacts; "
         "files = artifacts.manager_artifacts(Path(sys.argv[1]), lambda line: None); "
         "assert 'ContentUri: s3://b/k.zip' in artifacts.template_body('s3://b/k.zip'); "
+        # report.html renders from the installed templates with the core dependencies
+        "from courierflow.report.html import render_report; "
+        "from courierflow.report.summary import summarize; "
+        "assert '<h1>courierflow run report</h1>' in render_report(summarize(None, [], 0), []); "
         "print(*files, sep='\\n')"
     )
     built = subprocess.run(
@@ -96,7 +100,7 @@ def test_the_wheel_installed_without_extras_runs_the_manager_command(
     assert result.returncode == 0, result.stderr
 
 
-def test_the_wheel_holds_the_package_its_template_and_ec2_files_and_the_license(
+def test_the_wheel_holds_the_package_its_templates_ec2_files_and_the_license(
     artifacts: list[Path],
 ) -> None:
     (wheel,) = [path for path in artifacts if path.suffix == ".whl"]
@@ -109,6 +113,11 @@ def test_the_wheel_holds_the_package_its_template_and_ec2_files_and_the_license(
         "courierflow/infra/ec2/bootstrap.sh",
         "courierflow/infra/ec2/courierflow-manager.service",
         "courierflow/functions/delivery.py",
+        "courierflow/report/templates/report.html.j2",
+        "courierflow/report/templates/charts.html.j2",
+        "courierflow/report/templates/dashboard.html.j2",
+        "courierflow/report/static/courierflow.css",
+        "courierflow/report/static/dashboard.js",
         f"courierflow-{version}.dist-info/licenses/LICENSE",
         f"courierflow-{version}.dist-info/entry_points.txt",
     } <= names

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import html
 import itertools
 import json
 import re
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +20,17 @@ from courierflow.ledger.base import OrderRecord
 from courierflow.ledger.sqlite import SQLiteLedger
 from courierflow.orders import OrderState
 from courierflow.report import dashboard
-from courierflow.report.html import (
-    assign_lanes,
+from courierflow.report.aggregate import DENSITY_BINS, DETAIL_LIMIT, MAX_LISTED, assign_lanes
+from courierflow.report.html import plot_timeline, read_rejects, render_report, write_report
+from courierflow.report.series import (
+    Occupancy,
     in_flight_series,
-    latencies,
-    percentile,
-    plot_timeline,
     queue_depth_series,
-    read_rejects,
-    render_report,
     throughput_series,
-    write_report,
 )
+from courierflow.report.stats import LatencySketch, Percentiles, latencies, percentiles
 from courierflow.report.summary import peak_concurrency, summarize
+from tests.reportdata import SLOW_EVERY, SyntheticRun
 
 pytestmark = pytest.mark.unit
 T0 = 1_700_000_000.0
@@ -93,15 +95,14 @@ def test_orders_never_started_get_no_bar_and_unfinished_ones_run_to_now() -> Non
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
-    assert percentile([], 50) is None
-    assert percentile([7.0], 99) == 7.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentiles([]) == Percentiles(0, None, None, None)
+    assert percentiles([7.0]) == Percentiles(1, 7.0, 7.0, 7.0)
+    assert percentiles([1.0, 2.0, 3.0, 4.0]).p50 == 2.5
     values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 95) == pytest.approx(95.05)
-    assert percentile(values, 99) == pytest.approx(99.01)
-    assert percentile(list(reversed(values)), 0) == 1.0
-    with pytest.raises(ValueError):
-        percentile(values, 101)
+    for ordered in (values, list(reversed(values))):
+        p = percentiles(ordered)
+        assert (p.count, p.p50) == (100, pytest.approx(50.5))
+        assert p.p95 == pytest.approx(95.05) and p.p99 == pytest.approx(99.01)
 
 
 def test_latency_is_split_into_queue_wait_and_trip() -> None:
@@ -153,9 +154,9 @@ def test_user_text_is_escaped_everywhere_in_the_report() -> None:
     page = render(records, [(7, "<iframe>")])
     assert "<script>" not in page and "<img" not in page and "<iframe>" not in page
     assert "bad<b>" not in page
-    assert 'data-order-id="&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;&#x27;"' in (
-        page
-    )
+    # the attribute holds the id exactly: no quote of it ended the attribute early
+    (attribute,) = re.findall(r'<rect class="delivery delivered" data-order-id="([^"]*)"', page)
+    assert "&lt;script&gt;" in attribute and html.unescape(attribute) == evil
     assert "&lt;img src=x&gt;" in page and "&lt;iframe&gt;" in page
 
 
@@ -323,3 +324,90 @@ def test_dashboard_refuses_a_non_loopback_host_without_a_token(host: str) -> Non
                                                 ("::1", True), ("0.0.0.0", False)])  # fmt: skip
 def test_loopback_hosts_are_recognised(host: str, loopback: bool) -> None:
     assert dashboard.is_loopback(host) is loopback
+
+
+# --- bounded report: past DETAIL_LIMIT deliveries the timeline aggregates -------------------
+
+
+def section(page: str, heading: str) -> str:
+    """The text of the report's card whose heading starts with ``heading``."""
+    start = page.index(f"<h2>{heading}")
+    return page[start : page.index("</section>", start)]
+
+
+def test_a_large_run_makes_a_report_under_5_mb_listing_its_failures_in_bounded_memory() -> None:
+    small, large = SyntheticRun(20_000), SyntheticRun(200_000)
+    small_size = len(render_report(small.summary(), small, T0).encode())
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        page = render_report(large.summary(), large, T0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    elapsed = time.perf_counter() - started
+    size = len(page.encode())
+    print(f"\n200,000 orders: report {size / 1e6:.3f} MB in {elapsed:.1f} s (traced), "
+          f"peak {peak / 1e6:.1f} MB; 20,000 orders: {small_size / 1e6:.3f} MB")  # fmt: skip
+    assert size < 5_000_000
+    assert size < 2 * small_size  # ten times the orders, not twice the bytes
+    # the records are read a chunk at a time, never all held (they would take ~70 MB)
+    assert peak < 30_000_000
+    assert 'class="delivery' not in page and 'id="density"' in page
+    assert not re.search(r"""\b(src|href)\s*=|url\(|https?://|<script""", page)  # self-contained
+    failures = section(page, "Failures")
+    ids = large.failed_ids()
+    assert failures.startswith(f"<h2>Failures ({len(ids)})</h2>")
+    listed = re.findall(r"<tr><td>(ORD-\d+)</td><td>3</td><td>gave up on \d+</td></tr>", failures)
+    assert listed == ids[:MAX_LISTED] and len(ids) > MAX_LISTED
+    assert f"{len(ids) - MAX_LISTED} more not listed" in failures
+    slowest = section(page, "Slowest")
+    planted = [f"ORD-{i:07d}" for i in range(1, 200_000, SLOW_EVERY)]
+    assert re.findall(r"<tr><td>(ORD-\d+)</td><td>30.000</td>", slowest) == planted
+    trips = f'start to end</td><td class="n">{200_000 - len(ids)}<'
+    assert trips in page  # every delivered trip counted in the latency
+
+
+def test_the_timeline_draws_each_delivery_up_to_the_limit_and_density_past_it() -> None:
+    at_limit = render(sample_run(DETAIL_LIMIT))
+    assert at_limit.count('<rect class="delivery delivered"') == DETAIL_LIMIT
+    assert 'id="density"' not in at_limit and "Slowest" not in at_limit
+    past = render(sample_run(DETAIL_LIMIT + 1))
+    assert 'class="delivery' not in past
+    density = section(past, "Timeline")
+    # 4 on the road the whole run long: every column of the delivered row is drawn
+    assert density.count('<rect class="cell delivered"') == DENSITY_BINS
+    assert "<h2>Trip times (5001 delivered)" in past and "<h2>Slowest 50 deliveries" in past
+
+
+def test_density_is_the_mean_number_in_flight_per_bin() -> None:
+    occupancy = Occupancy(0.0, 4.0, 4)  # bins of 1 s
+    occupancy.add_many([0.5, 1.0, 3.75], [2.5, 1.5, 9.0])  # the last runs past the end
+    assert occupancy.averages() == pytest.approx([0.5, 1.5, 0.5, 0.25])
+
+
+def test_percentiles_past_the_exact_samples_are_within_one_percent() -> None:
+    values = [0.001 + (k * 7919 % 20011) ** 2 / 1e7 for k in range(20_000)]  # 1 ms to 40 s
+    sketch = LatencySketch(exact_samples=1_000)
+    for start in range(0, len(values), 3_000):
+        sketch.add_many(values[start : start + 3_000])
+    exact = percentiles(values)
+    bucketed = sketch.percentiles()
+    assert not sketch.exact and bucketed.count == exact.count == 20_000
+    for got, want in ((bucketed.p50, exact.p50), (bucketed.p95, exact.p95),
+                      (bucketed.p99, exact.p99)):  # fmt: skip
+        assert got == pytest.approx(want, rel=0.01)
+    assert sum(sketch.histogram(40, 10.0)) == 20_000  # those over 10 s in the last bin
+
+
+def test_the_report_package_imports_nothing_from_the_local_stand_ins() -> None:
+    package = Path(dashboard.__file__).parent
+    imported = set()
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((module.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported.update((module.name, alias.name) for alias in node.names)
+    assert ("dashboard.py", "courierflow.ledger.base") in imported  # the walk sees imports
+    assert not [(m, name) for m, name in imported if name.startswith("courierflow.local")]

@@ -210,7 +210,8 @@ def dashboard(
     from courierflow.report.dashboard import serve_dashboard
 
     settings = Settings.from_env()
-    if stack.load(settings.home) is None and not ledger:
+    running = stack.load(settings.home)
+    if running is None and not ledger:
         ledger = settings.ledger_url
     render.say(f"dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
-    serve_dashboard(ledger, settings.home, host, port, token, source)
+    serve_dashboard(ledger, running, host, port, token, source)

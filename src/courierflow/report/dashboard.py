@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import json
@@ -22,8 +23,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +34,7 @@ from starlette.routing import Route
 from courierflow.errors import ConfigError, CourierflowError
 from courierflow.ledger.base import Ledger, OrderRecord, open_ledger
 from courierflow.orders import OrderState
+from courierflow.report.pages import render
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,28 @@ def _authorised(request: Request, token: str | None) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+#: (element id, label, state class) of the page's figures, in order
+TILES = (
+    ("total", "orders", ""),
+    ("queued", "queued", ""),
+    ("dispatched", "dispatched", ""),
+    ("delivering", "in flight", "delivering"),
+    ("delivered", "delivered", "delivered"),
+    ("failed", "failed", "failed"),
+    ("throughput", "deliveries / s", ""),
+    ("depth", "queue depth", ""),
+    ("dead", "dead letters", ""),
+    ("lambdaq", "lambda event queue", ""),
+)
+
+
+@functools.cache
+def dashboard_page() -> str:
+    """The page (``templates/dashboard.html.j2``, its stylesheet and script inlined); the
+    snapshots fill it in."""
+    return render("dashboard.html.j2", tiles=TILES)
+
+
 def create_app(
     snapshotter: Snapshotter, token: str | None = None, interval_s: float = SNAPSHOT_INTERVAL_S
 ) -> Starlette:
@@ -222,7 +245,7 @@ def create_app(
     async def page(request: Request) -> Response:
         if not _authorised(request, token):
             return refuse()
-        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(dashboard_page(), headers={"Cache-Control": "no-store"})
 
     async def snapshot(request: Request) -> Response:
         if not _authorised(request, token):
@@ -262,17 +285,24 @@ def create_app(
     )
 
 
-def stack_probes(stack_home: Path) -> tuple[Probes, str | None]:
-    """Probes reading the stack under ``stack_home`` (its queue, DLQ and Lambda service),
-    and that stack's ledger URL; no probes when no stack is described there."""
-    from courierflow.local import stack
+class StackEndpoints(Protocol):
+    """Where a running local stack answers: what the dashboard probes besides the ledger
+    (``courierflow.local.stack.StackInfo`` has these; the CLI passes it in)."""
+
+    amqp_url: str
+    queue_url: str
+    queue: str
+    lambda_url: str
+    console_url: str
+    ledger_url: str
+
+
+def stack_probes(endpoints: StackEndpoints) -> Probes:
+    """Probes reading a running stack: its queue, its DLQ and its Lambda service."""
     from courierflow.transports.base import open_transport
 
-    info = stack.load(stack_home)
-    if info is None:
-        return Probes(), None
-    url = info.queue_url or info.amqp_url
-    queue = info.queue
+    url = endpoints.queue_url or endpoints.amqp_url
+    queue = endpoints.queue
 
     def depth() -> int | None:
         transport = open_transport(url, queue)
@@ -289,17 +319,17 @@ def stack_probes(stack_home: Path) -> tuple[Probes, str | None]:
             transport.close()
 
     def lambda_queue() -> int | None:
-        with urllib.request.urlopen(f"{info.lambda_url}/health", timeout=1) as resp:
+        with urllib.request.urlopen(f"{endpoints.lambda_url}/health", timeout=1) as resp:
             doc = json.load(resp)
         functions = doc.get("functions", {})
         return int(sum(int(f.get("event_queue", 0)) for f in functions.values()))
 
-    return Probes(depth, dead, lambda_queue, info.console_url), info.ledger_url or None
+    return Probes(depth, dead, lambda_queue, endpoints.console_url)
 
 
 def serve_dashboard(
     ledger_url: str | None,
-    stack_home: Path | None = None,
+    stack: StackEndpoints | None = None,
     host: str = "127.0.0.1",
     port: int = 8765,
     token: str | None = None,
@@ -309,8 +339,9 @@ def serve_dashboard(
 
     Parameters:
         ledger_url: the ledger to follow; None takes the stack's.
-        stack_home: the local stack folder (COURIERFLOW_HOME), for live queue depth, dead
-            letters and the Lambda event queue; None follows the ledger only.
+        stack: the running local stack (``courierflow.local.stack.load(home)``), for live
+            queue depth, dead letters and the Lambda event queue; None follows the ledger
+            only.
         host, port: where to listen (127.0.0.1 by default).
         token: required from clients; mandatory when ``host`` is not a loopback address.
         source: follow only this file's orders (``s3://bucket/key``).
@@ -325,146 +356,10 @@ def serve_dashboard(
             f"refusing to serve the dashboard on {host} without a token: pass one, "
             "or bind to 127.0.0.1"
         )
-    probes, stack_ledger = stack_probes(stack_home) if stack_home else (Probes(), None)
-    url = ledger_url or stack_ledger
+    probes = stack_probes(stack) if stack is not None else Probes()
+    url = ledger_url or (stack.ledger_url if stack is not None else None)
     if not url:
         raise ConfigError("no ledger to follow: give a ledger URL or a running stack's home")
     snapshotter = Snapshotter(open_ledger(url), probes, source)
     app = create_app(snapshotter, token)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
-
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>courierflow dashboard</title>
-<style>
-:root { --ink:#1d2433; --muted:#5d6778; --line:#e3e7ee; }
-* { box-sizing:border-box; }
-body { margin:0; font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-  color:var(--ink); background:#f4f6fa; }
-main { max-width:1080px; margin:0 auto; padding:22px 20px 40px; }
-header { display:flex; align-items:baseline; gap:14px; flex-wrap:wrap; }
-h1 { font-size:22px; margin:0; } h2 { font-size:15px; margin:0 0 8px; }
-#status { font-size:13px; padding:2px 10px; border-radius:10px; background:#e3e7ee; }
-#status.live { background:#d9f2e5; color:#1f7a50; }
-#status.down { background:#fde2e2; color:#c23030; }
-#source { color:var(--muted); font-size:13px; word-break:break-all; }
-.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(150px,1fr)); gap:10px;
-  margin-top:16px; }
-.tile { background:#fff; border:1px solid var(--line); border-radius:8px; padding:10px 12px; }
-.tile .v { font-size:26px; font-weight:600; font-variant-numeric:tabular-nums; }
-.tile .k { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
-.tile.delivered .v { color:#1f7a50; } .tile.failed .v { color:#c23030; }
-.tile.delivering .v { color:#b7801a; }
-.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px 14px;
-  margin-top:14px; }
-.bar { display:flex; height:14px; border-radius:7px; overflow:hidden; background:#eef1f6; }
-.bar span { display:block; height:100%; transition:width .4s; }
-svg { width:100%; height:90px; display:block; }
-table { border-collapse:collapse; width:100%; font-size:14px; }
-th, td { text-align:left; padding:4px 8px; border-bottom:1px solid var(--line); }
-th { color:var(--muted); font-weight:600; }
-td.t { font-variant-numeric:tabular-nums; color:var(--muted); }
-.ev-delivered { color:#1f7a50; } .ev-failed { color:#c23030; } .ev-delivering { color:#b7801a; }
-.note { color:var(--muted); font-size:12px; }
-</style></head>
-<body><main>
-<header><h1>courierflow</h1><span id="status">connecting…</span><span id="source"></span>
-<a id="console" hidden target="_blank" rel="noopener">RabbitMQ console</a></header>
-<div class="grid">
-  <div class="tile"><div class="v" id="total">0</div><div class="k">orders</div></div>
-  <div class="tile"><div class="v" id="queued">0</div><div class="k">queued</div></div>
-  <div class="tile"><div class="v" id="dispatched">0</div><div class="k">dispatched</div></div>
-  <div class="tile delivering"><div class="v" id="delivering">0</div>
-    <div class="k">in flight</div></div>
-  <div class="tile delivered"><div class="v" id="delivered">0</div>
-    <div class="k">delivered</div></div>
-  <div class="tile failed"><div class="v" id="failed">0</div><div class="k">failed</div></div>
-  <div class="tile"><div class="v" id="throughput">0</div><div class="k">deliveries / s</div></div>
-  <div class="tile"><div class="v" id="depth">0</div>
-    <div class="k" id="depth-k">queue depth</div></div>
-  <div class="tile"><div class="v" id="dead">-</div><div class="k">dead letters</div></div>
-  <div class="tile"><div class="v" id="lambdaq">-</div><div class="k">lambda event queue</div></div>
-</div>
-<div class="card"><h2>Progress</h2><div class="bar" id="bar"></div>
-  <p class="note" id="avg"></p></div>
-<div class="card"><h2>In flight and throughput, last 2 minutes</h2>
-  <svg id="spark" viewBox="0 0 600 90" preserveAspectRatio="none"></svg>
-  <p class="note">one point per second, newest on the right, scaled to the largest
-  (<span id="sparkmax">0</span>) &nbsp; <span style="color:#e0a526">■</span> in flight
-  &nbsp; <span style="color:#2f9e6b">■</span> deliveries/s &nbsp;
-  <span style="color:#9b59b6">■</span> queue depth</p></div>
-<div class="card"><h2>Latest events</h2>
-  <table><thead><tr><th>time</th><th>order</th><th>event</th><th>reason</th></tr></thead>
-  <tbody id="latest"></tbody></table></div>
-</main>
-<script>
-"use strict";
-const token = new URLSearchParams(location.search).get("token");
-const suffix = token ? "?token=" + encodeURIComponent(token) : "";
-const colours = {delivered:"#2f9e6b", delivering:"#e0a526", dispatched:"#3b6fd8",
-  queued:"#9b59b6", failed:"#d64545"};
-const history = [];
-function setText(id, value) { document.getElementById(id).textContent = String(value); }
-function cell(row, text, cls) {
-  const td = document.createElement("td"); td.textContent = text;
-  if (cls) td.className = cls; row.appendChild(td);
-}
-function clock(at) {
-  const d = new Date(at * 1000);
-  const ms = String(d.getMilliseconds()).padStart(3, "0");
-  return d.toLocaleTimeString([], {hour12: false}) + "." + ms;
-}
-function line(values, max, colour) {
-  if (values.length < 2) return "";
-  const pts = values.map((v, i) =>
-    (600 - (values.length - 1 - i) * 5).toFixed(1) + "," + (88 - 84 * v / max).toFixed(1));
-  return '<polyline fill="none" stroke-width="2" stroke="' + colour + '" points="' +
-    pts.join(" ") + '"/>';
-}
-function render(s) {
-  setText("source", s.source);
-  const consoleLink = document.getElementById("console");
-  if (s.console_url) { consoleLink.href = s.console_url; consoleLink.hidden = false; }
-  setText("total", s.total);
-  for (const k of ["queued", "dispatched", "delivering", "delivered", "failed"]) {
-    setText(k, s.counts[k]);
-  }
-  setText("throughput", s.throughput_per_s.toFixed(1));
-  setText("depth", s.queue_depth);
-  setText("depth-k", "queue depth (" + s.queue_depth_source + ")");
-  setText("dead", s.dead_letters === null ? "-" : s.dead_letters);
-  setText("lambdaq", s.lambda_event_queue === null ? "-" : s.lambda_event_queue);
-  setText("avg", "average " + s.average_throughput_per_s.toFixed(1) + " deliveries/s");
-  const bar = document.getElementById("bar");
-  bar.replaceChildren();
-  for (const k of ["delivered", "failed", "delivering", "dispatched", "queued"]) {
-    const span = document.createElement("span");
-    span.style.width = (s.total ? 100 * s.counts[k] / s.total : 0) + "%";
-    span.style.background = colours[k]; span.title = k + ": " + s.counts[k];
-    bar.appendChild(span);
-  }
-  history.push(s); if (history.length > 120) history.shift();
-  const inflight = history.map(h => h.in_flight), tput = history.map(h => h.throughput_per_s);
-  const depth = history.map(h => h.queue_depth);
-  const max = Math.max(1, ...inflight, ...tput, ...depth);
-  setText("sparkmax", max.toFixed(1));
-  document.getElementById("spark").innerHTML =
-    line(depth, max, "#9b59b6") + line(inflight, max, "#e0a526") + line(tput, max, "#2f9e6b");
-  const body = document.getElementById("latest");
-  body.replaceChildren();
-  for (const e of s.latest) {
-    const row = document.createElement("tr");
-    cell(row, clock(e.at), "t"); cell(row, e.order_id); cell(row, e.event, "ev-" + e.event);
-    cell(row, e.reason); body.appendChild(row);
-  }
-}
-const status = document.getElementById("status");
-const stream = new EventSource("events" + suffix);
-stream.onopen = () => { status.textContent = "live"; status.className = "live"; };
-stream.onerror = () => { status.textContent = "reconnecting…"; status.className = "down"; };
-stream.onmessage = (msg) => render(JSON.parse(msg.data));
-</script>
-</body></html>
-"""

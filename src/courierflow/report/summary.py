@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,16 +40,19 @@ class RunSummary:
 
 
 def peak_concurrency(records: Sequence[OrderRecord]) -> int:
-    """Most deliveries on the road at the same instant (sweep over start/end times)."""
-    events: list[tuple[float, int]] = []
-    for r in records:
-        if r.state is OrderState.DELIVERED and r.started_at is not None and r.finished_at:
-            events += [(r.started_at, 1), (r.finished_at, -1)]
-    events.sort(key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
-    peak = current = 0
-    for _, step in events:
-        current += step
-        peak = max(peak, current)
+    """Most deliveries on the road at the same instant: at each start (in order), the trips
+    started so far minus those ended by then (an end at the same instant comes first)."""
+    done = [
+        r
+        for r in records
+        if r.state is OrderState.DELIVERED and r.started_at is not None and r.finished_at
+    ]
+    starts = sorted(r.started_at or 0.0 for r in done)
+    ends = sorted(r.finished_at or 0.0 for r in done)
+    peak = ended = 0
+    for started, at in enumerate(starts, 1):
+        ended = bisect.bisect_right(ends, at, ended)
+        peak = max(peak, started - ended)
     return peak
 
 
