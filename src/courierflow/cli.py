@@ -547,7 +547,7 @@ def status(
             while True:
                 time.sleep(1)
                 live.update(render())
-    failed = [r for r in ledger.orders() if r.state is OrderState.FAILED]
+    failed = ledger.in_state(OrderState.FAILED)
     if output is Output.JSON:
         counts = {state.value: n for state, n in ledger.counts().items()}
         failures = [{"order_id": r.order_id, "reason": r.reason} for r in failed]
