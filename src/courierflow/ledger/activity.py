@@ -23,9 +23,9 @@ WAITING_STATES = (OrderState.QUEUED, OrderState.DISPATCHED)
 
 #: (record field, event name) in the order an order goes through them
 _EVENT_FIELDS = (
-    ("queued_at", "queued"),
-    ("dispatched_at", "dispatched"),
-    ("started_at", "delivering"),
+    ("queued_at", OrderState.QUEUED.value),
+    ("dispatched_at", OrderState.DISPATCHED.value),
+    ("started_at", OrderState.DELIVERING.value),
 )
 
 

@@ -220,11 +220,9 @@ class Ledger(ABC):
     def claim_delivery(
         self, order_id: str, request_id: str, lease_s: float, now: float
     ) -> ClaimResult:
-        """Conditionally move the order to delivering for this attempt.
-
-        Succeeds when the order is unknown, queued, dispatched, failed, or delivering with
-        an expired claim. A duplicate attempt gets ALREADY_DELIVERED or IN_PROGRESS and its
-        duplicate is counted.
+        """Conditionally move the order to delivering for this attempt, in one write
+        that succeeds exactly when :func:`may_claim` says so. A duplicate attempt gets
+        ALREADY_DELIVERED or IN_PROGRESS and its duplicate is counted.
         """
 
     @abstractmethod
