@@ -225,6 +225,10 @@ def test_processes_racing_for_the_same_orders_each_win_exactly_once(tmp_path: Pa
     assert sorted(won) == sorted(ids)
     record = SQLiteLedger(path).get_order("O-0")
     assert record is not None and record.duplicates == 5
+    # the running counts, kept by six processes at once, still match the orders
+    assert SQLiteLedger(path).counts() == dict.fromkeys(OrderState, 0) | {
+        OrderState.DELIVERING: 200
+    }
 
 
 def _queue_one(path: str, order_id: str) -> None:

@@ -77,10 +77,9 @@ CREATE TRIGGER orders_counted_moved AFTER UPDATE OF state, source, started_at ON
 WHEN OLD.state IS NOT NEW.state OR OLD.source IS NOT NEW.source
     OR (OLD.started_at IS NULL) IS NOT (NEW.started_at IS NULL)
 BEGIN
-    UPDATE order_counts SET n = n - 1 WHERE source = OLD.source AND state = OLD.state
-        AND started = (OLD.started_at IS NOT NULL);
-    INSERT INTO order_counts VALUES (NEW.source, NEW.state, NEW.started_at IS NOT NULL, 1)
-        ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO order_counts VALUES (OLD.source, OLD.state, OLD.started_at IS NOT NULL, -1),
+        (NEW.source, NEW.state, NEW.started_at IS NOT NULL, 1)
+        ON CONFLICT DO UPDATE SET n = n + excluded.n;
 END;
 
 CREATE TRIGGER orders_counted_out AFTER DELETE ON orders BEGIN
