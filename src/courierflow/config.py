@@ -38,6 +38,12 @@ DEFAULT_SERVICE = "courierflow"
 DEFAULT_LOG_LEVEL = "INFO"
 #: what boto3 signs requests to the local stand-ins with, never the user's real credentials
 LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+#: how long Lambda holds an accepted Event invoke (queued, running, retried) before it
+#: hands it to the on-failure destination: AWS's default MaximumEventAgeInSeconds, and
+#: what the local Lambda service applies. The reconciler does not call a dispatched
+#: order stuck before this (COURIERFLOW_DISPATCHED_STUCK_AFTER_S, which the template sets
+#: to the function's own event age).
+DEFAULT_EVENT_AGE_S = 6 * 3600.0
 
 
 def resolve_region(env: Mapping[str, str] | None = None) -> str:
@@ -133,9 +139,9 @@ class Settings:
     amqp_host: str = ""
     #: the reconciler: a queued order (or one whose claim expired) is stuck after this long
     stuck_after_s: float = 300.0
-    #: the reconciler: a dispatched order is stuck after this long (None: as above); on
-    #: AWS the delivery function's maximum event age
-    dispatched_stuck_after_s: float | None = None
+    #: the reconciler: the delivery function's maximum event age; a dispatched order is
+    #: not stuck before it (Lambda still holds its event, or hands it to the destination)
+    dispatched_stuck_after_s: float = DEFAULT_EVENT_AGE_S
     #: the reconciler reads failed deliveries from this queue (Lambda's on-failure
     #: destination)
     failure_queue_url: str = ""
@@ -195,8 +201,8 @@ class Settings:
             amqp_secret=env.get("COURIERFLOW_AMQP_SECRET", ""),
             amqp_host=env.get("COURIERFLOW_AMQP_HOST", ""),
             stuck_after_s=_float(env, "COURIERFLOW_STUCK_AFTER_S", 300.0),
-            dispatched_stuck_after_s=(
-                _float(env, "COURIERFLOW_DISPATCHED_STUCK_AFTER_S", 0.0) or None
+            dispatched_stuck_after_s=_float(
+                env, "COURIERFLOW_DISPATCHED_STUCK_AFTER_S", DEFAULT_EVENT_AGE_S
             ),
             failure_queue_url=env.get("COURIERFLOW_FAILURE_QUEUE_URL", ""),
         )

@@ -5,6 +5,15 @@ orders failed with Lambda's reason, and (2) re-dispatches orders stuck in queued
 dispatched or delivering (with an expired claim) past a deadline. Re-dispatching is safe
 because a delivery first claims its order: a second event for a delivered order is
 skipped. Locally a loop in the stack; on AWS a scheduled Lambda.
+
+A dispatched order is one whose Event invoke Lambda accepted. Lambda holds that event
+(queued while the function is at its concurrency, running, retried) until the function's
+maximum event age, then hands it to the on-failure destination, which (1) reads: until
+then the order is waiting its turn, not lost, and a second event would only queue behind
+the first. So a dispatched order is stuck only once the event age and the ordinary
+deadline have passed since its last change, or, sooner, when it was accepted before the
+holder of events began (``held_since``: the local Lambda service keeps its queue in
+memory, so a restarted service holds nothing accepted before its start).
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from courierflow.ledger.base import Ledger
+from courierflow.config import DEFAULT_EVENT_AGE_S
+from courierflow.ledger.base import Ledger, OrderRecord
 from courierflow.orders import OrderState
 
 log = logging.getLogger(__name__)
@@ -45,12 +55,12 @@ class Reconciler:
     function_name: str
     #: a queued order, or one whose delivery claim expired, is stuck after this long
     stuck_after_s: float = 60.0
-    #: a dispatched order is stuck after this long (default: ``stuck_after_s``). Lambda
-    #: holds an accepted event in its queue until the function's maximum event age, and
-    #: then hands it to the on-failure destination, which this reads: before that the
-    #: order is waiting its turn (low concurrency), not lost, and a second event for it
-    #: would only take a place in the same queue.
-    dispatched_after_s: float | None = None
+    #: the delivery function's maximum event age: a dispatched order is stuck this long
+    #: plus ``stuck_after_s`` after its last change (see the module's doc)
+    dispatched_after_s: float = DEFAULT_EVENT_AGE_S
+    #: since when the holder of accepted events holds every one it accepted (None:
+    #: unknown, or always, as on AWS); an order dispatched before is held by nobody
+    held_since: Callable[[], float | None] = lambda: None
     sqs: Any = None
     failure_queue_url: str = ""
     clock: Callable[[], float] = time.time
@@ -61,18 +71,16 @@ class Reconciler:
         if self.sqs is not None and self.failure_queue_url:
             report.failed = self._read_failures()
         now = self.clock()
-        dispatched_after = (
-            self.stuck_after_s if self.dispatched_after_s is None else self.dispatched_after_s
-        )
         stuck = self.ledger.stuck(
             (OrderState.QUEUED, OrderState.DELIVERING), now - self.stuck_after_s
         )
-        stuck += self.ledger.stuck((OrderState.DISPATCHED,), now - dispatched_after)
+        stuck += self._dispatched_and_lost(now)
         for record in stuck:
             if record.state is OrderState.DELIVERING and (record.claim_expires_at or 0) > now:
                 continue  # a live attempt holds it
+            # only an invoke Lambda accepted counts: a pass that could not reach Lambda
+            # (the local service restarting) is no attempt to give up after
             count = self._redispatches.get(record.order_id, 0) + 1
-            self._redispatches[record.order_id] = count
             extra = {"order_id": record.order_id}
             if count > MAX_REDISPATCHES:
                 reason = (
@@ -91,6 +99,7 @@ class Reconciler:
             except (ClientError, BotoCoreError) as exc:
                 log.warning("re-dispatch failed, next pass retries: %s", exc, extra=extra)
                 continue
+            self._redispatches[record.order_id] = count
             report.redispatched.append(record.order_id)
             log.warning(
                 "re-dispatched order stuck in %s [%d/%d]",
@@ -102,6 +111,20 @@ class Reconciler:
         if report.redispatched:
             self.ledger.touch(report.redispatched, now)
         return report
+
+    def _dispatched_and_lost(self, now: float) -> list[OrderRecord]:
+        """Dispatched orders no event stands for any more: past the event age (and the
+        deadline), or accepted before the holder of events began, at least the deadline
+        ago."""
+        lost = self.ledger.stuck(
+            (OrderState.DISPATCHED,), now - self.dispatched_after_s - self.stuck_after_s
+        )
+        since = self.held_since()
+        if since is None:
+            return lost
+        before = self.ledger.stuck((OrderState.DISPATCHED,), min(since, now - self.stuck_after_s))
+        known = {r.order_id for r in lost}
+        return lost + [r for r in before if r.order_id not in known]
 
     def _read_failures(self) -> list[str]:
         failed: list[str] = []

@@ -225,6 +225,10 @@ def test_processes_racing_for_the_same_orders_each_win_exactly_once(tmp_path: Pa
     assert sorted(won) == sorted(ids)
     record = SQLiteLedger(path).get_order("O-0")
     assert record is not None and record.duplicates == 5
+    # the running counts, kept by six processes at once, still match the orders
+    assert SQLiteLedger(path).counts() == dict.fromkeys(OrderState, 0) | {
+        OrderState.DELIVERING: 200
+    }
 
 
 def _queue_one(path: str, order_id: str) -> None:
@@ -255,3 +259,97 @@ def test_sqlite_writers_wait_their_turn_in_the_kernel_queue(tmp_path: Path) -> N
         if writer.is_alive():
             writer.kill()
             writer.join()
+
+
+def _run_through_every_transition(ledger: Ledger) -> None:
+    """Orders of two files through every state change the pipeline makes, the races
+    and re-uploads included, with deliveries finishing over several seconds."""
+    one, two = "s3://b/one.csv", "s3://b/two.csv"
+    ledger.add_queued([f"A{i}" for i in range(12)], one, 100.0)
+    ledger.add_queued(["B0", "B1", "B2"], two, 100.5)
+    ledger.mark_dispatched({f"A{i}": 101.0 + i / 10 for i in range(10)})
+    for i in range(8):
+        assert ledger.claim_delivery(f"A{i}", f"r{i}", 30, 102.0 + i) is ClaimResult.CLAIMED
+    assert ledger.claim_delivery("A0", "dup", 30, 102.5) is ClaimResult.IN_PROGRESS
+    for i in range(6):
+        assert ledger.complete_delivery(f"A{i}", f"r{i}", 1.0, 102.0 + i, 103.2 + i)
+    ledger.release_claim("A6", "r6", "courier fell ill", 109.0)
+    ledger.mark_failed("A7", "gave up", 109.5)
+    ledger.mark_failed("A5", "late report of a delivered order", 110.0)  # left alone
+    ledger.claim_delivery("B0", "rb", 30, 110.0)  # claimed before its dispatch was recorded
+    ledger.mark_dispatched({"B0": 109.9, "B1": 110.1})
+    ledger.add_queued(["A7", "A0", "C0"], two, 111.0)  # re-upload: A7 moves files, A0 stays
+    ledger.claim_delivery("X", "rx", 30, 111.5)  # an order the ledger never saw queued
+
+
+def test_counts_and_activity_are_what_the_orders_say(ledger: Ledger) -> None:
+    """The running figures each backend keeps agree with the orders themselves, per file
+    and for all, after every kind of change."""
+    from courierflow.ledger.activity import activity_of
+
+    _run_through_every_transition(ledger)
+    records = ledger.orders()
+    assert len(records) == 17
+    for source in (None, "s3://b/one.csv", "s3://b/two.csv"):
+        mine = [r for r in records if source is None or r.source == source]
+        expected = activity_of(mine, now=108.7, window_s=5, latest=6)
+        assert ledger.counts(source) == expected.counts, source
+        got = ledger.activity(now=108.7, window_s=5, latest=6, source=source)
+        assert (got.counts, got.waiting, got.recent_deliveries) == (
+            expected.counts, expected.waiting, expected.recent_deliveries,
+        ), source  # fmt: skip
+        assert got.first_queued_at == expected.first_queued_at, source
+        if source is None:
+            assert got.last_finished_at == expected.last_finished_at
+        if isinstance(ledger, SQLiteLedger):  # DynamoDB keeps no latest changes
+            assert got.latest == expected.latest, source
+            # the latest finish ever written for the file: A7 finished in one.csv, then
+            # moved to two.csv, taking its finish time along
+            assert got.last_finished_at is not None and expected.last_finished_at is not None
+            assert got.last_finished_at >= expected.last_finished_at, source
+    everything = ledger.activity(now=108.7, window_s=5, latest=6)
+    assert everything.counts[OrderState.DELIVERED] == 6
+    assert everything.recent_deliveries == 5  # finished in seconds 104..108
+    assert everything.waiting == 7  # A8-A11, B1, B2, C0: never started (A6, A7 had)
+
+
+def test_counts_follow_a_race_that_loses(ledger: Ledger) -> None:
+    """A change whose condition fails (someone got there first) counts nothing."""
+    ledger.add_queued(["A"], "s", 0.0)
+    assert ledger.claim_delivery("A", "r1", 30, 1.0) is ClaimResult.CLAIMED
+    assert ledger.claim_delivery("A", "r2", 30, 2.0) is ClaimResult.IN_PROGRESS
+    assert not ledger.complete_delivery("A", "r2", 1, 2.0, 3.0)
+    ledger.release_claim("A", "r2", "not mine", 3.0)
+    assert ledger.complete_delivery("A", "r1", 1, 1.0, 4.0)
+    ledger.mark_failed("A", "late", 5.0)
+    expected = dict.fromkeys(OrderState, 0) | {OrderState.DELIVERED: 1}
+    assert ledger.counts() == ledger.counts("s") == expected
+
+
+def test_both_backends_claim_as_the_rule_in_base_says(ledger: Ledger) -> None:
+    """ledger.base states the claim rule once; each backend's conditional write obeys it,
+    for an order in every state, with a live or an expired claim, by its holder or not."""
+    from courierflow.ledger.base import may_claim
+
+    cases = 0
+    for n, state in enumerate(OrderState):
+        for holder in ("holder", "other"):
+            for now in (5.0, 50.0):  # the claim below expires at 30
+                order_id = f"{state.value}-{holder}-{int(now)}-{n}"
+                ledger.add_queued([order_id], "s", 0.0)
+                if state is not OrderState.QUEUED:
+                    ledger.mark_dispatched({order_id: 0.5})
+                if state in (OrderState.DELIVERING, OrderState.DELIVERED):
+                    ledger.claim_delivery(order_id, "holder", 29, 1.0)
+                if state is OrderState.DELIVERED:
+                    ledger.complete_delivery(order_id, "holder", 1, 1.0, 2.0)
+                if state is OrderState.FAILED:
+                    ledger.mark_failed(order_id, "lost", 2.0)
+                before = ledger.get_order(order_id)
+                assert before is not None and before.state is state
+                expected = may_claim(before, holder, now)
+                got = ledger.claim_delivery(order_id, holder, 30, now)
+                assert (got is ClaimResult.CLAIMED) == expected, (state, holder, now)
+                cases += 1
+    assert cases == 20
+    assert may_claim(None, "anyone", 0.0)

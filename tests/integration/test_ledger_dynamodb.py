@@ -12,7 +12,7 @@ import pytest
 from moto import mock_aws
 
 from courierflow.errors import LedgerError
-from courierflow.ledger import dynamodb
+from courierflow.ledger import dynamodb_table
 from courierflow.ledger.base import ClaimResult, FileState
 from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
 from courierflow.orders import OrderState
@@ -132,14 +132,15 @@ def _count_calls(ledger: DynamoDBLedger) -> Counter[str]:
 
 def test_add_queued_makes_far_fewer_calls_than_orders(ledger: DynamoDBLedger) -> None:
     """One conditional write per order cost ~2 ms of client CPU each: 1,000 new orders
-    take 10 reads of 100 keys and 40 writes of 25 items instead of 1,000 calls."""
+    take 10 reads of 100 keys and 40 writes of 25 items instead of 1,000 calls; the
+    running counts add two updates per call (the file's name, the new orders' count)."""
     ids = [f"o-{i:04d}" for i in range(1000)]
     ledger.add_queued(ids[:10], SOURCE, now=1.0)  # a re-upload: known orders
     calls = _count_calls(ledger)
 
     assert ledger.add_queued(ids, SOURCE, now=2.0) == ids
 
-    assert calls == {"BatchGetItem": 10, "BatchWriteItem": 40, "UpdateItem": 10}
+    assert calls == {"BatchGetItem": 10, "BatchWriteItem": 40, "UpdateItem": 10 + 2}
     assert ledger.counts(SOURCE)[OrderState.QUEUED] == 1000
 
 
@@ -170,7 +171,7 @@ def test_unprocessed_keys_and_items_are_sent_again(
 ) -> None:
     """DynamoDB hands back part of a batch when throttled: here the first answer of each
     batch call claims half its work was not done."""
-    monkeypatch.setattr(dynamodb, "BATCH_BACKOFF_BASE_S", 0.0)
+    monkeypatch.setattr(dynamodb_table, "BATCH_BACKOFF_BASE_S", 0.0)
     throttled: set[str] = set()
 
     def throttle_once(parsed: dict[str, Any], model: Any, **_: Any) -> None:
@@ -193,14 +194,14 @@ def test_unprocessed_keys_and_items_are_sent_again(
 
     assert ledger.add_queued(ids, SOURCE, now=1.0) == ids
 
-    assert calls == {"BatchGetItem": 2, "BatchWriteItem": 2}
+    assert calls == {"BatchGetItem": 2, "BatchWriteItem": 2, "UpdateItem": 2}  # 2: counts
     assert ledger.counts(SOURCE)[OrderState.QUEUED] == 25
 
 
 def test_a_batch_throttled_for_good_is_a_ledger_error(
     ledger: DynamoDBLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dynamodb, "BATCH_BACKOFF_BASE_S", 0.0)
+    monkeypatch.setattr(dynamodb_table, "BATCH_BACKOFF_BASE_S", 0.0)
 
     def never_processed(parsed: dict[str, Any], **_: Any) -> None:
         parsed["UnprocessedItems"] = {"ledger": [{"PutRequest": {"Item": {"pk": {"S": "x"}}}}]}
@@ -210,4 +211,4 @@ def test_a_batch_throttled_for_good_is_a_ledger_error(
 
     with pytest.raises(LedgerError, match="unprocessed"):
         ledger.add_queued(["o-1"], SOURCE, now=1.0)
-    assert calls["BatchWriteItem"] == dynamodb.MAX_BATCH_ATTEMPTS
+    assert calls["BatchWriteItem"] == dynamodb_table.MAX_BATCH_ATTEMPTS

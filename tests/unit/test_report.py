@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from courierflow.errors import ConfigError
+from courierflow.ledger.activity import Activity
 from courierflow.ledger.base import OrderRecord
 from courierflow.ledger.sqlite import SQLiteLedger
 from courierflow.orders import OrderState
@@ -240,9 +241,11 @@ def test_snapshot_prefers_the_transport_depth_when_it_has_one() -> None:
 class CountingLedger(SQLiteLedger):
     reads = 0
 
-    def orders(self, source: str | None = None) -> list[OrderRecord]:
+    def activity(
+        self, now: float, window_s: float, latest: int, source: str | None = None
+    ) -> Activity:
         self.reads += 1
-        return super().orders(source)
+        return super().activity(now, window_s, latest, source)
 
 
 def test_snapshots_are_shared_within_an_interval_and_failed_probes_read_as_none(

@@ -152,7 +152,7 @@ def status(
     ledger = open_ledger(stack.readable_ledger_url(Settings.from_env()))
     if watch:
         render.watch_counts(ledger.counts)
-    failed = [r for r in ledger.orders() if r.state is OrderState.FAILED]
+    failed = ledger.in_state(OrderState.FAILED)
     render.status(ledger.counts(), failed, output)
 
 

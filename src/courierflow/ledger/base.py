@@ -12,7 +12,34 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from courierflow.ledger.activity import Activity, activity_of
 from courierflow.orders import OrderState
+
+# --- the rules of the state changes, stated once; each backend writes them in its own
+# query language (SQL, DynamoDB condition expressions) from these names ---------------
+
+#: states a delivery attempt takes an order from outright: nobody is delivering it
+CLAIMABLE_STATES = (OrderState.QUEUED, OrderState.DISPATCHED, OrderState.FAILED)
+#: the state of an order an attempt holds. Another attempt may take it once the claim
+#: expired; the holder's own retry (Lambda retries an event with its request id) at once
+HELD_STATE = OrderState.DELIVERING
+#: states a dispatch moves to DISPATCHED; any later state is kept (never moved backwards)
+DISPATCHABLE_STATES = (OrderState.QUEUED, OrderState.DISPATCHED)
+#: the state nothing writes over: a re-upload never queues it again, a late failure
+#: report never marks it failed
+KEPT_STATE = OrderState.DELIVERED
+
+
+def may_claim(record: OrderRecord | None, request_id: str, now: float) -> bool:
+    """The claim rule every backend applies in one conditional write: an unknown order,
+    one in :data:`CLAIMABLE_STATES`, or one :data:`HELD_STATE` whose claim expired before
+    ``now`` or is held by ``request_id`` itself."""
+    if record is None or record.state in CLAIMABLE_STATES:
+        return True
+    if record.state is not HELD_STATE:
+        return False
+    expired = record.claim_expires_at is not None and record.claim_expires_at < now
+    return expired or record.request_id == request_id
 
 
 class FileState(str, Enum):
@@ -193,11 +220,9 @@ class Ledger(ABC):
     def claim_delivery(
         self, order_id: str, request_id: str, lease_s: float, now: float
     ) -> ClaimResult:
-        """Conditionally move the order to delivering for this attempt.
-
-        Succeeds when the order is unknown, queued, dispatched, failed, or delivering with
-        an expired claim. A duplicate attempt gets ALREADY_DELIVERED or IN_PROGRESS and its
-        duplicate is counted.
+        """Conditionally move the order to delivering for this attempt, in one write
+        that succeeds exactly when :func:`may_claim` says so. A duplicate attempt gets
+        ALREADY_DELIVERED or IN_PROGRESS and its duplicate is counted.
         """
 
     @abstractmethod
@@ -237,11 +262,26 @@ class Ledger(ABC):
         """Orders in one of ``states`` whose last change is older than ``older_than``."""
 
     def counts(self, source: str | None = None) -> dict[OrderState, int]:
-        """Number of orders per state (every state present, zeros included)."""
+        """Number of orders per state (every state present, zeros included).
+
+        Backends keep these as running figures, so a poll costs the same however many
+        orders the ledger holds (this default reads every order)."""
         result = dict.fromkeys(OrderState, 0)
         for record in self.orders(source):
             result[record.state] += 1
         return result
+
+    def activity(self, now: float, window_s: float, latest: int, source: str | None = None
+                 ) -> Activity:  # fmt: skip
+        """The running figures the dashboard polls (see :mod:`courierflow.ledger.activity`),
+        of one file or of all. Backends read them without a pass over the orders; this
+        default computes them from every record."""
+        return activity_of(self.orders(source), now, window_s, latest)
+
+    def in_state(self, state: OrderState) -> list[OrderRecord]:
+        """The orders in ``state`` (``status`` lists the failed ones); backends read
+        only those orders."""
+        return [r for r in self.orders() if r.state is state]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

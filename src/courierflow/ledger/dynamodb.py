@@ -2,9 +2,10 @@
 
 Orders are items ``ORDER#<id>``, files ``FILE#<bucket>/<key>#<etag>``. Every state change
 is one conditional write; ``ConditionalCheckFailedException`` is the "someone got there
-first" answer and becomes a result, never an error. Listing orders of a file and finding
-stuck orders scan the table (fine for a lab's volumes; a GSI on source/state would be the
-next step for millions of orders).
+first" answer and becomes a result, never an error; the conditions are the rules of
+``ledger.base`` written from its names. Counts and the dashboard's figures come from
+counter items (:mod:`courierflow.ledger.dynamodb_counts`); listing orders and finding
+stuck ones scan the table (a GSI on source/state would be the next step for millions).
 
 ``add_queued`` is the one batched path, because the publisher records every order of a
 file through it: one API call costs about 2 ms of client CPU, a 256 MB Lambda has a
@@ -20,54 +21,54 @@ in it.
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from decimal import Decimal
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import boto3
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from courierflow.config import resolve_region
-from courierflow.errors import LedgerError
-from courierflow.ledger.base import ClaimResult, FileRecord, FileState, Ledger, OrderRecord
+from courierflow.ledger.activity import Activity
+from courierflow.ledger.base import (
+    CLAIMABLE_STATES,
+    DISPATCHABLE_STATES,
+    HELD_STATE,
+    KEPT_STATE,
+    ClaimResult,
+    Ledger,
+    OrderRecord,
+)
+from courierflow.ledger.dynamodb_counts import Counters, slot
+from courierflow.ledger.dynamodb_files import NOT_EXISTS, DynamoDBFiles
+from courierflow.ledger.dynamodb_table import BATCH_GET_KEYS, BATCH_WRITE_ITEMS, Table, serialise
 from courierflow.orders import OrderState
 
 #: the table's key, as the SAM template declares it
 TABLE_KEY_SCHEMA = [{"AttributeName": "pk", "KeyType": "HASH"}]
 TABLE_ATTRIBUTES = [{"AttributeName": "pk", "AttributeType": "S"}]
 
-# Named parts of the conditions (see SQLiteLedger for the same rules in SQL).
-NOT_EXISTS = "attribute_not_exists(pk)"
-CLAIMABLE_STATE = "#s IN (:queued, :dispatched, :failed)"
-EXPIRED_CLAIM = "(#s = :delivering AND claim_expires_at < :now)"
-OWN_CLAIM = "(#s = :delivering AND request_id = :rid)"
-NOT_DELIVERED = "#s <> :delivered"
-PROCESSING = "#s = :processing"
-#: nobody holds the file, its holder's lease ended, or the holder is this attempt
-RESUMABLE = f"{PROCESSING} AND (attribute_not_exists(lease_until) OR lease_until < :now OR " \
-    "(attempt = :attempt AND :attempt <> :empty))"  # fmt: skip
-HELD = f"{PROCESSING} AND attempt = :attempt"
+#: every state as an expression value (``:s_queued`` ...): expressions name states only so
+_STATES = {f":s_{state.value}": state.value for state in OrderState}
 
-#: keys per BatchGetItem call (DynamoDB's limit)
-BATCH_GET_KEYS = 100
-#: puts per BatchWriteItem call (DynamoDB's limit)
-BATCH_WRITE_ITEMS = 25
-#: calls of one batch while DynamoDB hands back unprocessed keys or items (throttling)
-MAX_BATCH_ATTEMPTS = 8
-#: first and largest pause before sending unprocessed keys or items again, in seconds
-BATCH_BACKOFF_BASE_S = 0.05
-BATCH_BACKOFF_MAX_S = 2.0
+
+def _one_of(states: Iterable[OrderState]) -> str:
+    """``#s IN (:s_queued, :s_dispatched)``."""
+    return "#s IN (" + ", ".join(f":s_{state.value}" for state in states) + ")"
+
+
+# The rules of ledger.base, as condition expressions built from named parts.
+CLAIMABLE_STATE = _one_of(CLAIMABLE_STATES)
+HELD = f"#s = :s_{HELD_STATE.value}"
+EXPIRED_CLAIM = f"({HELD} AND claim_expires_at < :now)"
+OWN_CLAIM = f"({HELD} AND request_id = :rid)"
+NOT_KEPT = f"#s <> :s_{KEPT_STATE.value}"
+DISPATCHABLE = _one_of(DISPATCHABLE_STATES)
+
 #: the client the ledger builds for itself. Parameter validation is off: every request is
 #: built here in a fixed shape (tests run with validating clients), and on the batched
 #: path validation took a fifth of the client's CPU.
 CLIENT_CONFIG = Config(parameter_validation=False)
-
-_SERIALIZER = TypeSerializer()
-_DESERIALIZER = TypeDeserializer()
 
 _ORDER_FIELDS = (
     "source", "queued_at", "dispatched_at", "started_at", "finished_at", "request_id",
@@ -75,28 +76,22 @@ _ORDER_FIELDS = (
 )  # fmt: skip
 
 
-def _num(value: float) -> Decimal:
-    return Decimal(str(value))
+def _with_states(values: dict[str, Any], *expressions: str | None) -> dict[str, Any]:
+    """``values`` and the state values the expressions use (DynamoDB refuses unused ones)."""
+    text = " ".join(e for e in expressions if e)
+    used = {k: v for k, v in _STATES.items() if re.search(re.escape(k) + r"\b", text)}
+    return {**values, **used}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
-
-
-def _backoff(attempt: int) -> float:
-    """Pause before resending unprocessed work: exponential, full jitter, capped."""
-    return random.uniform(0, min(BATCH_BACKOFF_MAX_S, BATCH_BACKOFF_BASE_S * 2**attempt))
-
-
-class DynamoDBLedger(Ledger):
+class DynamoDBLedger(DynamoDBFiles, Ledger):
     """Ledger in a DynamoDB table; ``client`` is a boto3 DynamoDB client (tests pass moto's)."""
 
     def __init__(self, table: str, client: Any = None, region: str | None = None) -> None:
         self.table = table
         self._client = client
         self._region = region
+        self._table: Table | None = None
+        self._counts: Counters | None = None
 
     @property
     def client(self) -> Any:
@@ -108,213 +103,26 @@ class DynamoDBLedger(Ledger):
             )
         return self._client
 
-    # --- plumbing ------------------------------------------------------------------------
+    @property
+    def _items(self) -> Table:
+        if self._table is None:
+            self._table = Table(self.table, self.client)
+        return self._table
 
-    def _update(self, key: str, expression: str, condition: str | None, values: dict[str, Any],
-                names: dict[str, str] | None = None) -> bool:  # fmt: skip
-        """One conditional update; False when the condition did not hold."""
-        return self._update_item(key, expression, condition, values, names) is not None
+    @property
+    def _counters(self) -> Counters:
+        if self._counts is None:
+            self._counts = Counters(self._items)
+        return self._counts
 
-    def _update_item(self, key: str, expression: str, condition: str | None,
-                     values: dict[str, Any], names: dict[str, str] | None = None,
-                     returning: str = "NONE") -> dict[str, Any] | None:  # fmt: skip
-        """One conditional update; the item as ``returning`` asks (``ALL_NEW``...), or
-        None when the condition did not hold."""
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": {"pk": {"S": key}},
-            "UpdateExpression": expression,
-            "ExpressionAttributeValues": _serialise(values),
-            "ReturnValues": returning,
-        }
-        if names:
-            kwargs["ExpressionAttributeNames"] = names
-        if condition:
-            kwargs["ConditionExpression"] = condition
-        try:
-            response = self.client.update_item(**kwargs)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return None
-            raise LedgerError(f"DynamoDB table {self.table}: {exc}") from None
-        except BotoCoreError as exc:
-            raise LedgerError(f"DynamoDB table {self.table}: {exc}") from None
-        return _deserialise(response.get("Attributes", {}))
-
-    def _get(self, key: str) -> dict[str, Any] | None:
-        try:
-            item = self.client.get_item(
-                TableName=self.table, Key={"pk": {"S": key}}, ConsistentRead=True
-            ).get("Item")
-        except (ClientError, BotoCoreError) as exc:
-            raise LedgerError(f"DynamoDB table {self.table}: {exc}") from None
-        return _deserialise(item) if item else None
-
-    def _states(self, keys: Sequence[str]) -> dict[str, str]:
-        """The state of each existing item of ``keys`` (at most ``BATCH_GET_KEYS``, no
-        repeats), read consistently; keys of missing items are absent from the result."""
-        request: dict[str, Any] = {
-            self.table: {
-                "Keys": [{"pk": _SERIALIZER.serialize(k)} for k in keys],
-                "ProjectionExpression": "pk, #s",
-                "ExpressionAttributeNames": {"#s": "state"},
-                "ConsistentRead": True,
-            }
-        }
-        states: dict[str, str] = {}
-        for attempt in range(MAX_BATCH_ATTEMPTS):
-            try:
-                response = self.client.batch_get_item(RequestItems=request)
-            except (ClientError, BotoCoreError) as exc:
-                raise LedgerError(f"DynamoDB table {self.table}: {exc}") from None
-            for item in response.get("Responses", {}).get(self.table, []):
-                plain = _deserialise(item)
-                states[plain["pk"]] = plain.get("state", "")
-            request = response.get("UnprocessedKeys") or {}
-            if not request:
-                return states
-            time.sleep(_backoff(attempt))
-        raise LedgerError(
-            f"DynamoDB table {self.table}: keys still unprocessed after "
-            f"{MAX_BATCH_ATTEMPTS} BatchGetItem calls (throttled)"
-        )
-
-    def _put_all(self, items: Sequence[dict[str, Any]]) -> None:
-        """Put serialised ``items`` (at most ``BATCH_WRITE_ITEMS``) in one batch, sending
-        what DynamoDB leaves unprocessed again after a pause."""
-        request: dict[str, Any] = {self.table: [{"PutRequest": {"Item": i}} for i in items]}
-        for attempt in range(MAX_BATCH_ATTEMPTS):
-            try:
-                response = self.client.batch_write_item(RequestItems=request)
-            except (ClientError, BotoCoreError) as exc:
-                raise LedgerError(f"DynamoDB table {self.table}: {exc}") from None
-            request = response.get("UnprocessedItems") or {}
-            if not request:
-                return
-            time.sleep(_backoff(attempt))
-        raise LedgerError(
-            f"DynamoDB table {self.table}: items still unprocessed after "
-            f"{MAX_BATCH_ATTEMPTS} BatchWriteItem calls (throttled)"
-        )
-
-    def _scan(self, prefix: str) -> Iterator[dict[str, Any]]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "FilterExpression": "begins_with(pk, :p)",
-            "ExpressionAttributeValues": {":p": {"S": prefix}},
-        }
-        try:
-            while True:
-                page = self.client.scan(**kwargs)
-                for item in page.get("Items", []):
-                    yield _deserialise(item)
-                if "LastEvaluatedKey" not in page:
-                    return
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        except (ClientError, BotoCoreError) as exc:
-            raise LedgerError(f"DynamoDB table {self.table}: {exc}") from None
-
-    # --- files -------------------------------------------------------------------------
-
-    @staticmethod
-    def _file_key(bucket: str, key: str, etag: str) -> str:
-        return f"FILE#{bucket}/{key}#{etag}"
-
-    def begin_file(self, bucket: str, key: str, etag: str, now: float, *, attempt: str = "",
-                   lease_until: float | None = None) -> bool:  # fmt: skip
-        values: dict[str, Any] = {
-            ":state": FileState.PROCESSING.value,
-            ":b": bucket,
-            ":k": key,
-            ":e": etag,
-            ":now": now,
-            ":attempt": attempt,
-        }
-        expression = "SET #s = :state, obucket = :b, okey = :k, etag = :e, started_at = :now, " \
-            "attempt = :attempt"  # fmt: skip
-        if lease_until is not None:
-            expression += ", lease_until = :lease"
-            values[":lease"] = lease_until
-        return self._update(
-            self._file_key(bucket, key, etag), expression, NOT_EXISTS, values, {"#s": "state"}
-        )
-
-    def resume_file(
-        self, bucket: str, key: str, etag: str, *, attempt: str, lease_until: float, now: float
-    ) -> FileRecord | None:
-        item = self._update_item(
-            self._file_key(bucket, key, etag),
-            "SET attempt = :attempt, lease_until = :lease",
-            RESUMABLE,
-            {
-                ":processing": FileState.PROCESSING.value,
-                ":attempt": attempt,
-                ":lease": lease_until,
-                ":now": now,
-                ":empty": "",
-            },
-            {"#s": "state"},
-            returning="ALL_NEW",
-        )
-        return _file(item) if item else None
-
-    def checkpoint_file(self, bucket: str, key: str, etag: str, *, attempt: str, rows: int,
-                        published: int, rejected: int, skipped: int,
-                        now: float) -> bool:  # fmt: skip
-        return self._update(
-            self._file_key(bucket, key, etag),
-            "SET #r = :rows, published = :p, rejected = :rj, skipped = :sk, "
-            "checkpoint_at = :now REMOVE lease_until",
-            HELD,
-            {
-                ":processing": FileState.PROCESSING.value,
-                ":attempt": attempt,
-                ":rows": rows,
-                ":p": published,
-                ":rj": rejected,
-                ":sk": skipped,
-                ":now": now,
-            },
-            {"#s": "state", "#r": "rows"},
-        )
-
-    def finish_file(self, bucket: str, key: str, etag: str, state: FileState, *, rows: int,
-                    published: int, rejected: int, skipped: int = 0, error: str = "",
-                    now: float) -> None:  # fmt: skip
-        self._update(
-            self._file_key(bucket, key, etag),
-            "SET #s = :state, #r = :rows, published = :p, rejected = :rj, skipped = :sk, "
-            "#e = :err, finished_at = :now",
-            None,
-            {
-                ":state": state.value,
-                ":rows": rows,
-                ":p": published,
-                ":rj": rejected,
-                ":sk": skipped,
-                ":err": error,
-                ":now": now,
-            },
-            {"#s": "state", "#r": "rows", "#e": "error"},
-        )
-
-    def forget_file(self, bucket: str, key: str, etag: str) -> None:
-        try:
-            self.client.delete_item(
-                TableName=self.table, Key={"pk": {"S": self._file_key(bucket, key, etag)}}
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise LedgerError(f"DynamoDB table {self.table}: {exc}") from None
-
-    def get_file(self, bucket: str, key: str, etag: str | None = None) -> FileRecord | None:
-        if etag is not None:
-            item = self._get(self._file_key(bucket, key, etag))
-            items = [item] if item else []
-        else:
-            items = list(self._scan(f"FILE#{bucket}/{key}#"))
-        if not items:
-            return None
-        return _file(max(items, key=lambda i: i.get("started_at") or 0))
+    def _change(self, key: str, expression: str, condition: str | None, values: dict[str, Any],
+                names: dict[str, str] | None = None,
+                returning: str = "ALL_OLD") -> dict[str, Any] | None:  # fmt: skip
+        """One conditional update, with the state values its expressions use; the item
+        as ``returning`` asks (by default as it was before), None when the condition did
+        not hold."""
+        values = _with_states(values, expression, condition)
+        return self._items.update(key, expression, condition, values, names, returning)
 
     # --- orders ------------------------------------------------------------------------
 
@@ -326,77 +134,80 @@ class DynamoDBLedger(Ledger):
         """See ``Ledger.add_queued``; batched as the module's docstring tells."""
         unique = list(dict.fromkeys(order_ids))
         # what every new order shares, serialised once per call
-        shared = _serialise({"state": OrderState.QUEUED.value, "source": source,
-                             "queued_at": now, "updated_at": now})  # fmt: skip
+        shared = serialise({"state": OrderState.QUEUED.value, "source": source,
+                            "queued_at": now, "updated_at": now})  # fmt: skip
         fresh: set[str] = set()
+        created = 0
+        self._counters.add_source(source)
         for start in range(0, len(unique), BATCH_GET_KEYS):
             chunk = unique[start : start + BATCH_GET_KEYS]
-            states = self._states([self._order_key(o) for o in chunk])
+            found = self._items.get_many(
+                [self._order_key(o) for o in chunk], "pk, #s", {"#s": "state"}
+            )
+            states = {item["pk"]: item.get("state", "") for item in found}
             new = [o for o in chunk if self._order_key(o) not in states]
             for at in range(0, len(new), BATCH_WRITE_ITEMS):
-                self._put_all(
+                self._items.put_all(
                     [
-                        {**shared, **_serialise({"pk": self._order_key(o), "order_id": o})}
+                        {**shared, **serialise({"pk": self._order_key(o), "order_id": o})}
                         for o in new[at : at + BATCH_WRITE_ITEMS]
                     ]
                 )
             fresh.update(new)
+            created += len(new)
             for order_id in chunk:
                 state = states.get(self._order_key(order_id))
-                if state is None or state == OrderState.DELIVERED.value:
+                if state is None or state == KEPT_STATE.value:
                     continue  # put above, or left alone
                 if self._queue_again(order_id, source, now):  # a re-upload: conditional
                     fresh.add(order_id)
+        if created:  # the orders put above, counted in one update
+            self._counters.add(source, {slot(OrderState.QUEUED, False): created}, queued_at=now)
         return [o for o in order_ids if o in fresh]
 
     def _queue_again(self, order_id: str, source: str, now: float) -> bool:
         """Move a known order back to queued under ``source`` unless it is delivered."""
-        return self._update(
+        before = self._change(
             self._order_key(order_id),
-            "SET #s = :queued, order_id = :id, #src = :src, queued_at = :now, "
+            "SET #s = :s_queued, order_id = :id, #src = :src, queued_at = :now, "
             "updated_at = :now, reason = :empty",
-            f"{NOT_EXISTS} OR {NOT_DELIVERED}",
-            {
-                ":queued": OrderState.QUEUED.value,
-                ":id": order_id,
-                ":src": source,
-                ":now": now,
-                ":empty": "",
-                ":delivered": OrderState.DELIVERED.value,
-            },
+            f"{NOT_EXISTS} OR {NOT_KEPT}",
+            {":id": order_id, ":src": source, ":now": now, ":empty": ""},
             {"#s": "state", "#src": "source"},
         )
+        if before is not None:
+            self._counters.move(before, OrderState.QUEUED, source=source, queued_at=now)
+        return before is not None
 
     def mark_dispatched(self, dispatched: Mapping[str, float]) -> None:
         for order_id, at in dispatched.items():  # conditional writes cannot be batched
             key = self._order_key(order_id)
-            moved = self._update(
+            before = self._change(
                 key,
-                "SET #s = :dispatched, order_id = :id, dispatched_at = :now, updated_at = :now",
-                f"{NOT_EXISTS} OR #s IN (:queued, :dispatched)",
-                {":dispatched": "dispatched", ":queued": "queued", ":id": order_id, ":now": at},
+                "SET #s = :s_dispatched, order_id = :id, dispatched_at = :now, updated_at = :now",
+                f"{NOT_EXISTS} OR {DISPATCHABLE}",
+                {":id": order_id, ":now": at},
                 {"#s": "state"},
             )
-            if not moved:  # its delivery began first: keep the state, note the dispatch
-                self._update(
-                    key, "SET dispatched_at = :now", "attribute_not_exists(dispatched_at)",
-                    {":now": at},
-                )  # fmt: skip
+            if before is not None:
+                self._counters.move(before, OrderState.DISPATCHED)
+                continue
+            # its delivery began first: keep the state, note the dispatch
+            self._update(
+                key, "SET dispatched_at = :now", "attribute_not_exists(dispatched_at)",
+                {":now": at},
+            )  # fmt: skip
 
     def claim_delivery(
         self, order_id: str, request_id: str, lease_s: float, now: float
     ) -> ClaimResult:
-        claimed = self._update(
+        before = self._change(
             self._order_key(order_id),
-            "SET #s = :delivering, order_id = :id, request_id = :rid, started_at = :now, "
-            "claim_expires_at = :exp, updated_at = :now, reason = :empty "
+            f"SET #s = :s_{HELD_STATE.value}, order_id = :id, request_id = :rid, "
+            "started_at = :now, claim_expires_at = :exp, updated_at = :now, reason = :empty "
             "ADD attempts :one",
             f"{NOT_EXISTS} OR {CLAIMABLE_STATE} OR {EXPIRED_CLAIM} OR {OWN_CLAIM}",
             {
-                ":delivering": "delivering",
-                ":queued": "queued",
-                ":dispatched": "dispatched",
-                ":failed": "failed",
                 ":id": order_id,
                 ":rid": request_id,
                 ":now": now,
@@ -406,63 +217,52 @@ class DynamoDBLedger(Ledger):
             },
             {"#s": "state"},
         )
-        if claimed:
+        if before is not None:
+            self._counters.move(before, HELD_STATE, started=True)
             return ClaimResult.CLAIMED
         self._update(self._order_key(order_id), "ADD duplicates :one", None, {":one": 1})
-        item = self._get(self._order_key(order_id))
+        item = self._items.get(self._order_key(order_id))
         if item and item.get("state") == OrderState.DELIVERED.value:
             return ClaimResult.ALREADY_DELIVERED
         return ClaimResult.IN_PROGRESS
 
     def release_claim(self, order_id: str, request_id: str, reason: str, now: float) -> None:
-        self._update(
+        before = self._change(
             self._order_key(order_id),
-            "SET #s = :dispatched, reason = :reason, updated_at = :now REMOVE claim_expires_at",
-            "#s = :delivering AND request_id = :rid",
-            {
-                ":dispatched": "dispatched",
-                ":delivering": "delivering",
-                ":rid": request_id,
-                ":reason": reason,
-                ":now": now,
-            },
+            "SET #s = :s_dispatched, reason = :reason, updated_at = :now REMOVE claim_expires_at",
+            f"{HELD} AND request_id = :rid",
+            {":rid": request_id, ":reason": reason, ":now": now},
             {"#s": "state"},
         )
+        if before is not None:
+            self._counters.move(before, OrderState.DISPATCHED)
 
     def complete_delivery(
         self, order_id: str, request_id: str, delay_s: float, started: float, finished: float
     ) -> bool:
-        return self._update(
+        before = self._change(
             self._order_key(order_id),
-            "SET #s = :delivered, delay_s = :d, started_at = :st, finished_at = :fin, "
+            "SET #s = :s_delivered, delay_s = :d, started_at = :st, finished_at = :fin, "
             "updated_at = :fin REMOVE claim_expires_at",
-            "#s = :delivering AND request_id = :rid",
-            {
-                ":delivered": "delivered",
-                ":delivering": "delivering",
-                ":rid": request_id,
-                ":d": delay_s,
-                ":st": started,
-                ":fin": finished,
-            },
+            f"{HELD} AND request_id = :rid",
+            {":rid": request_id, ":d": delay_s, ":st": started, ":fin": finished},
             {"#s": "state"},
         )
+        if before is not None:
+            self._counters.move(before, OrderState.DELIVERED, started=True, finished_at=finished)
+        return before is not None
 
     def mark_failed(self, order_id: str, reason: str, now: float) -> None:
-        self._update(
+        before = self._change(
             self._order_key(order_id),
-            "SET #s = :failed, order_id = :id, reason = :reason, finished_at = :now, "
+            "SET #s = :s_failed, order_id = :id, reason = :reason, finished_at = :now, "
             "updated_at = :now",
-            f"{NOT_EXISTS} OR {NOT_DELIVERED}",
-            {
-                ":failed": "failed",
-                ":id": order_id,
-                ":reason": reason,
-                ":now": now,
-                ":delivered": "delivered",
-            },
+            f"{NOT_EXISTS} OR {NOT_KEPT}",
+            {":id": order_id, ":reason": reason, ":now": now},
             {"#s": "state"},
         )
+        if before is not None:
+            self._counters.move(before, OrderState.FAILED, finished_at=now)
 
     def touch(self, order_ids: Sequence[str], now: float) -> None:
         for order_id in order_ids:
@@ -472,47 +272,32 @@ class DynamoDBLedger(Ledger):
             )  # fmt: skip
 
     def get_order(self, order_id: str) -> OrderRecord | None:
-        item = self._get(self._order_key(order_id))
+        item = self._items.get(self._order_key(order_id))
         return _order(item) if item else None
 
     def orders(self, source: str | None = None) -> list[OrderRecord]:
         found = [
-            _order(i) for i in self._scan("ORDER#") if source is None or i.get("source") == source
+            _order(i)
+            for i in self._items.scan("ORDER#")
+            if source is None or i.get("source") == source
         ]
         return sorted(found, key=lambda r: r.order_id)
+
+    def counts(self, source: str | None = None) -> dict[OrderState, int]:
+        """From the counter items: no Scan (see :mod:`courierflow.ledger.dynamodb_counts`)."""
+        return self._counters.counts(source)
+
+    def activity(self, now: float, window_s: float, latest: int, source: str | None = None
+                 ) -> Activity:  # fmt: skip
+        return self._counters.activity(source, now, window_s)
 
     def stuck(self, states: Iterable[OrderState], older_than: float) -> list[OrderRecord]:
         wanted = {s.value for s in states}
         items = [
-            i for i in self._scan("ORDER#")
+            i for i in self._items.scan("ORDER#")
             if i.get("state") in wanted and (i.get("updated_at") or 0) < older_than
         ]  # fmt: skip
         return [_order(i) for i in sorted(items, key=lambda i: i.get("updated_at") or 0)]
-
-
-def _serialise(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain values as DynamoDB attribute values (floats go through Decimal)."""
-    return {
-        name: _SERIALIZER.serialize(_num(value) if isinstance(value, float) else value)
-        for name, value in values.items()
-    }
-
-
-def _deserialise(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An item's attribute values as plain values (numbers as int or float)."""
-    return {name: _plain(_DESERIALIZER.deserialize(typed)) for name, typed in item.items()}
-
-
-def _file(item: dict[str, Any]) -> FileRecord:
-    return FileRecord(
-        bucket=item["obucket"], key=item["okey"], etag=item["etag"],
-        state=FileState(item["state"]), rows=item.get("rows", 0),
-        published=item.get("published", 0), rejected=item.get("rejected", 0),
-        skipped=item.get("skipped", 0), error=item.get("error", ""),
-        started_at=item.get("started_at"), finished_at=item.get("finished_at"),
-        attempt=item.get("attempt", ""), lease_until=item.get("lease_until"),
-        checkpoint_at=item.get("checkpoint_at"),
-    )  # fmt: skip
 
 
 def _order(item: dict[str, Any]) -> OrderRecord:

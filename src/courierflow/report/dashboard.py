@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from courierflow.errors import ConfigError, CourierflowError
+from courierflow.ledger.activity import Activity, activity_of
 from courierflow.ledger.base import Ledger, OrderRecord, open_ledger
 from courierflow.orders import OrderState
 from courierflow.report.pages import render
@@ -49,82 +50,50 @@ DEAD_LETTER_EVERY_S = 5.0
 #: most dead letters counted (the count shows "1000+" beyond)
 DEAD_LETTER_LIMIT = 1000
 
-#: (record field, event name) in the order an order goes through them
-_EVENT_FIELDS = (
-    ("queued_at", "queued"),
-    ("dispatched_at", "dispatched"),
-    ("started_at", "delivering"),
-)
+
+def build_snapshot(records: Sequence[OrderRecord], now: float, **readings: Any) -> dict[str, Any]:
+    """What the dashboard shows at ``now``, from ledger records (one pass over them);
+    ``readings`` are the probes' values, as :func:`snapshot_of` takes them."""
+    figures = activity_of(records, now, THROUGHPUT_WINDOW_S, LATEST_EVENTS)
+    return snapshot_of(figures, now, **readings)
 
 
-def latest_events(
-    records: Iterable[OrderRecord], limit: int = LATEST_EVENTS
-) -> list[dict[str, Any]]:
-    """The ``limit`` most recent state changes, newest first, from the records' timestamps
-    (queued, dispatched, delivering, then delivered or failed at ``finished_at``)."""
-    events: list[tuple[float, str, str, str]] = []
-    for r in records:
-        for attr, name in _EVENT_FIELDS:
-            at = getattr(r, attr)
-            if at is not None:
-                events.append((at, r.order_id, name, ""))
-        if r.finished_at is not None and r.state.is_final:
-            events.append((r.finished_at, r.order_id, r.state.value, r.reason))
-    events.sort(key=lambda e: e[0], reverse=True)
-    return [
-        {"at": at, "order_id": order_id, "event": name, "reason": reason}
-        for at, order_id, name, reason in events[:limit]
-    ]
-
-
-def build_snapshot(
-    records: Sequence[OrderRecord],
+def snapshot_of(
+    figures: Activity,
     now: float,
     queue_depth: int | None = None,
     dead_letters: int | None = None,
     lambda_event_queue: int | None = None,
     source: str | None = None,
 ) -> dict[str, Any]:
-    """What the dashboard shows at ``now``, from the ledger records and optional probes.
+    """What the dashboard shows at ``now``, from the ledger's running figures
+    (``Ledger.activity``) and optional probes.
 
     Pure: the same arguments give the same snapshot. ``queue_depth`` is the transport's
     count of ready messages; when None the depth is estimated from the ledger as orders
-    queued but not started yet (``queue_depth_source`` says which).
+    queued or dispatched whose delivery has not started (``queue_depth_source`` says which).
     """
-    counts = dict.fromkeys((s.value for s in OrderState), 0)
-    for r in records:
-        counts[r.state.value] += 1
-    window_start = now - THROUGHPUT_WINDOW_S
-    recent = sum(
-        1
-        for r in records
-        if r.state is OrderState.DELIVERED
-        and r.finished_at is not None
-        and window_start < r.finished_at <= now
-    )
-    queued_times = [r.queued_at for r in records if r.queued_at is not None]
-    ends = [r.finished_at for r in records if r.finished_at is not None]
-    elapsed = (max(ends) - min(queued_times)) if ends and queued_times else 0.0
-    estimate = sum(
-        1
-        for r in records
-        if r.queued_at is not None and r.started_at is None and not r.state.is_final
-    )
+    counts = {state.value: n for state, n in figures.counts.items()}
+    first, last = figures.first_queued_at, figures.last_finished_at
+    elapsed = (last - first) if first is not None and last is not None else 0.0
     return {
         "at": now,
         "source": source or "all files",
-        "total": len(records),
+        "total": figures.total,
         "counts": counts,
         "in_flight": counts[OrderState.DELIVERING.value],
-        "throughput_per_s": round(recent / THROUGHPUT_WINDOW_S, 2),
+        "throughput_per_s": round(figures.recent_deliveries / THROUGHPUT_WINDOW_S, 2),
         "average_throughput_per_s": (
             round(counts[OrderState.DELIVERED.value] / elapsed, 2) if elapsed > 0 else 0.0
         ),
-        "queue_depth": queue_depth if queue_depth is not None else estimate,
+        "queue_depth": queue_depth if queue_depth is not None else figures.waiting,
         "queue_depth_source": "transport" if queue_depth is not None else "ledger estimate",
         "dead_letters": dead_letters,
         "lambda_event_queue": lambda_event_queue,
-        "latest": latest_events(records),
+        "latest": [
+            {"at": e.at, "order_id": e.order_id, "event": e.event, "reason": e.reason}
+            for e in figures.latest
+        ],
     }
 
 
@@ -169,8 +138,8 @@ class Snapshotter:
                 return self._last
             if now - self._dead_at >= DEAD_LETTER_EVERY_S:
                 self._dead, self._dead_at = _safe(self.probes.dead_letters), now
-            self._last = build_snapshot(
-                self.ledger.orders(self.source),
+            self._last = snapshot_of(
+                self.ledger.activity(now, THROUGHPUT_WINDOW_S, LATEST_EVENTS, self.source),
                 now,
                 queue_depth=_safe(self.probes.queue_depth),
                 dead_letters=self._dead,

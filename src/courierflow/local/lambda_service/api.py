@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -119,6 +120,9 @@ class LambdaApi:
         self.account = account or AccountConcurrency()
         #: the account's rate of Event invokes (None: no limit)
         self.async_rate = async_rate
+        #: when this service began holding events: its queues live in memory, so an event
+        #: accepted before then is held by nobody (the reconciler reads it on /health)
+        self.started_at = time.time()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -242,7 +246,9 @@ class LambdaApi:
             for name, fn in self.functions.items()
         }
         account = {"concurrency": self.account.limit, "running": self.account.running}
-        return web.json_response({"status": "ok", "functions": doc, "account": account})
+        return web.json_response(
+            {"status": "ok", "functions": doc, "account": account, "started_at": self.started_at}
+        )
 
 
 def _too_large(size: int, limit: int) -> web.Response:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from courierflow.config import DEFAULT_REGION, LOCAL_ACCOUNT_ID
+from courierflow.config import DEFAULT_EVENT_AGE_S, DEFAULT_REGION, LOCAL_ACCOUNT_ID
 from courierflow.errors import ConfigError
 
 #: account and region the local ARNs are made of
@@ -54,7 +54,9 @@ class FunctionConfig:
     #: Lambda's default async policy: two retries, about one and two minutes apart
     retry_delays: tuple[float, ...] = (60.0, 120.0)
     max_retries: int = 2
-    max_event_age: float = 6 * 3600.0
+    #: seconds an Event invoke is held before the on-failure destination (the
+    #: reconciler waits as long: one constant for both)
+    max_event_age: float = DEFAULT_EVENT_AGE_S
     on_failure: str = ""
     #: seconds an idle environment is kept warm
     idle_timeout: float = 300.0
