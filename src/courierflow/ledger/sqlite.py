@@ -10,6 +10,7 @@ are :class:`courierflow.ledger.sqlite_file.SQLiteFile`'s.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from courierflow.ledger.activity import WAITING_STATES, Activity, latest_changes, second_of
 from courierflow.ledger.base import (
@@ -282,7 +283,7 @@ class SQLiteLedger(SQLiteFile, Ledger):
             result[OrderState(state)] += count
         return result
 
-    def _counts(self, source: str | None) -> list[tuple]:
+    def _counts(self, source: str | None) -> list[tuple[Any, ...]]:
         where, params = ("", ()) if source is None else (" WHERE source = ?", (source,))
         return self._read(
             f"SELECT state, started, SUM(n) FROM order_counts{where} GROUP BY state, started",
@@ -348,9 +349,9 @@ class SQLiteLedger(SQLiteFile, Ledger):
             )
 
 
-def _order(row: tuple) -> OrderRecord:
+def _order(row: tuple[Any, ...]) -> OrderRecord:
     return OrderRecord(row[0], OrderState(row[1]), *row[2:])
 
 
-def _file(row: tuple) -> FileRecord:
+def _file(row: tuple[Any, ...]) -> FileRecord:
     return FileRecord(row[0], row[1], row[2], FileState(row[3]), *row[4:])

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from courierflow.errors import LedgerError
 from courierflow.ledger import sqlite_schema
@@ -126,7 +126,9 @@ class SQLiteFile:
         finally:
             fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
 
-    def _read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple]:
+    def _read(
+        self, sql: str, params: Sequence[object] | dict[str, object] = ()
+    ) -> list[tuple[Any, ...]]:
         conn = self._conn()
         try:  # WAL readers are rarely ever busy, but they can be
             return _when_free(lambda: conn.execute(sql, params).fetchall())

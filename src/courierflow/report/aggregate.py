@@ -56,7 +56,7 @@ class Bar:
 
 
 #: the states drawn in their own colour; every other one is "other"
-_OUTCOME_OF_STATE = {
+_OUTCOME_OF_STATE: dict[OrderState, str] = {
     s: s.value for s in (OrderState.DELIVERED, OrderState.FAILED, OrderState.DELIVERING)
 }
 

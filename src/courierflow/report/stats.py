@@ -69,7 +69,7 @@ def _bucket_value(index: int) -> float:
     """A bucket's geometric middle (0 for bucket 0)."""
     if index == 0:
         return 0.0
-    return SMALLEST_BUCKETED_S * BUCKET_GROWTH ** (index - 0.5)
+    return float(SMALLEST_BUCKETED_S * BUCKET_GROWTH ** (index - 0.5))
 
 
 class LatencySketch:
