@@ -29,7 +29,7 @@ from courierflow.local import runner, stack
 from courierflow.local.lab import cli as lab_cli
 from courierflow.local.lambda_service import cli as lambda_cli
 from courierflow.logs import setup_logging
-from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS
+from courierflow.manager.dispatcher import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PREFETCH
 from courierflow.orders import OrderState
 from courierflow.report.summary import RunSummary
 
@@ -585,7 +585,7 @@ def _readable_ledger_url() -> str:
 def manager(
     workers: Annotated[
         int, typer.Option(help="Invoke calls in flight at once.", min=1)
-    ] = DEFAULT_WORKERS,
+    ] = DEFAULT_MAX_IN_FLIGHT,
     prefetch: Annotated[
         int, typer.Option(help="Unacked messages the broker hands us.", min=1)
     ] = DEFAULT_PREFETCH,
@@ -599,7 +599,7 @@ def manager(
     from courierflow.manager.service import serve
 
     setup_logging()
-    serve(_settings().with_secrets(), workers=workers, prefetch=prefetch)
+    serve(_settings().with_secrets(), max_in_flight=workers, prefetch=prefetch)
 
 
 @app.command()
