@@ -105,7 +105,7 @@ def drain_queue(
         first = accepted(url)
         seconds = wait_for(lambda: accepted(url) >= n, 600, poll_s=0.02)
         cpu_ms = (_cpu_s(manager.pid) - cpu_before) * 1000
-        return Drained((n - first) / seconds, cpu_ms / (n - first))
+        return Drained((n - first) / seconds, cpu_ms / max(1, n - first))
     finally:
         manager.stop()
         svc.stop(lambda_proc)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import statistics
 from functools import partial
@@ -123,11 +124,16 @@ def run(svc: Services, n: int, repeats: int, latency_ms: float = 0.0) -> dict[st
 
 def _ratios(runs: dict[str, list[float]]) -> dict[str, Any]:
     """aiohttp over hand: the ratio of the medians, and each repetition's own ratio."""
-    per_repetition = [a / h for a, h in zip(runs["aiohttp"], runs["hand"], strict=True)]
+    per_repetition = [_ratio(a, h) for a, h in zip(runs["aiohttp"], runs["hand"], strict=True)]
     return {
-        "of_medians": statistics.median(runs["aiohttp"]) / statistics.median(runs["hand"]),
+        "of_medians": _ratio(statistics.median(runs["aiohttp"]), statistics.median(runs["hand"])),
         "per_repetition": summary(per_repetition),
     }
+
+
+def _ratio(a: float, b: float) -> float:
+    """``a / b``; NaN when a tiny run drained before it was timed (``b`` is 0)."""
+    return a / b if b else math.nan
 
 
 def report(result: dict[str, Any]) -> str:
