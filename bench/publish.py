@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 
 from bench.common import Services, summary, upload, write_orders_csv
-from courierflow.transports.rabbitmq import RabbitMQTransport
 
 
 def _run(svc: Services, argv: list[str], queue: str) -> dict[str, Any]:
@@ -20,10 +19,6 @@ def _run(svc: Services, argv: list[str], queue: str) -> dict[str, Any]:
         raise RuntimeError(result.stderr[-2000:])
     figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return figures
-
-
-def _purge(svc: Services, queue: str) -> None:
-    RabbitMQTransport(svc.amqp_url, queue).purge()
 
 
 def run(svc: Services, sizes: list[int], repeats: int) -> dict[str, Any]:
@@ -39,15 +34,14 @@ def run(svc: Services, sizes: list[int], repeats: int) -> dict[str, Any]:
             ledger = svc.work / f"ledger-{uuid.uuid4().hex[:6]}.db"
             argv = ["bench.publish_worker", svc.amqp_url, queue, "bench-orders", key, str(ledger)]
             runs["courierflow"].append(_run(svc, argv, queue))
-            _purge(svc, queue)
+            _delete_queues(svc, queue, f"{queue}.dlq")
             if rows <= 100_000:  # the lab's one-round-trip-per-row publisher is slow
                 lab = ["bench.peers.lab_baseline.publisher", svc.amqp_url, f"lab-{queue}"]
                 runs["lab"].append(_run(svc, [*lab, "bench-orders", key], queue))
                 runs["lab_confirms"].append(
                     _run(svc, [*lab, "bench-orders", key, "--confirm"], queue)
                 )
-                for q in (f"lab-{queue}",):
-                    _purge_plain(svc, q)
+                _delete_queues(svc, f"lab-{queue}")
         entry: dict[str, Any] = {}
         for name, measured in runs.items():
             if measured:
@@ -60,11 +54,14 @@ def run(svc: Services, sizes: list[int], repeats: int) -> dict[str, Any]:
     return results
 
 
-def _purge_plain(svc: Services, queue: str) -> None:
+def _delete_queues(svc: Services, *queues: str) -> None:
+    """Delete the queues a run filled, so the next run's broker holds nothing of it."""
     import pika
 
     conn = pika.BlockingConnection(pika.URLParameters(svc.amqp_url))
     try:
-        conn.channel().queue_delete(queue)
+        channel = conn.channel()
+        for queue in queues:
+            channel.queue_delete(queue)
     finally:
         conn.close()

@@ -18,7 +18,15 @@ from typing import Any
 
 import psutil
 
-from bench import dispatch, e2e, lambda_service_bench, ledger, publish, publisher_ledger
+from bench import (
+    dispatch,
+    e2e,
+    invoker_framing,
+    lambda_service_bench,
+    ledger,
+    publish,
+    publisher_ledger,
+)
 from bench.common import RESULTS, services
 
 
@@ -80,6 +88,16 @@ def table(results: dict[str, Any]) -> str:
             f"| dispatch, Invoke latency {latency}, orders/s | "
             f"{spread(entry['courierflow']['orders_per_s'])} "
             f"| lab manager {lab:,.0f} | {ours / lab:.1f}x |"
+        )
+    if "invoker_framing" in results:
+        fr = results["invoker_framing"]
+        hand, aio = fr["orders_per_s"]["hand"], fr["orders_per_s"]["aiohttp"]
+        ratio = fr["ratio_aiohttp_over_hand"]
+        per = ratio["per_repetition"]
+        lines.append(
+            f"| manager's own HTTP framing, dispatch orders/s | {spread(hand)} | aiohttp "
+            f"{spread(aio)} | aiohttp/hand {ratio['of_medians']:.2f} (per repetition "
+            f"{per['min']:.2f}-{per['max']:.2f}) |"
         )
     e = results["e2e"]
     pool = e["celery"]["best_pool"]
@@ -201,6 +219,10 @@ def measure(smoke: bool) -> dict[str, Any]:
         results["publish"] = publish.run(svc, sizes, 1 if smoke else 3)
         print("dispatch ...", flush=True)
         results["dispatch"] = dispatch.run(svc, 300 if smoke else 5000, 1 if smoke else 3)
+        print("invoker framing ...", flush=True)
+        results["invoker_framing"] = invoker_framing.run(
+            svc, 1000 if smoke else 5000, 1 if smoke else 5
+        )
         print("lambda service ...", flush=True)
         results["lambda_service"] = lambda_service_bench.run(svc, smoke)
         print("ledger ...", flush=True)

@@ -30,6 +30,11 @@ class ConnectionLost(TransportError):
     """Raised when the broker connection dropped; the caller may reconnect and retry."""
 
 
+class AuthenticationError(TransportError):
+    """Raised when the broker refused the credentials (or the virtual host) it was given:
+    retrying with the same settings cannot succeed, so nothing retries it."""
+
+
 class PublishError(TransportError):
     """Raised when the broker did not confirm (or negatively confirmed) a message."""
 

@@ -15,9 +15,12 @@ import boto3
 import pika
 import pytest
 
-from courierflow.errors import PublishError, TransportError
-from courierflow.transports.base import Delivery, OutgoingMessage, Transport
-from courierflow.transports.rabbitmq import MAX_DELIVERIES, RabbitMQTransport
+from courierflow.errors import AuthenticationError, ConnectionLost, PublishError, TransportError
+from courierflow.local.processes import free_port
+from courierflow.transports import rabbitmq as rabbitmq_module
+from courierflow.transports.base import OutgoingMessage, QueuedMessage, Transport
+from courierflow.transports.rabbitmq import RabbitMQTransport
+from courierflow.transports.rabbitmq_topology import MAX_DELIVERIES
 from courierflow.transports.sqs import SQSTransport
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -47,11 +50,11 @@ def messages(n: int, prefix: str = "O") -> list[OutgoingMessage]:
     ]
 
 
-def _drain(transport: Transport, handle: Callable[[Delivery], bool]) -> None:
+def _drain(transport: Transport, handle: Callable[[QueuedMessage], bool]) -> None:
     """Consume until ``handle`` (called for every delivery) says stop, or 30 s passed."""
     stop = threading.Event()
 
-    def on_message(d: Delivery) -> None:
+    def on_message(d: QueuedMessage) -> None:
         if handle(d):
             stop.set()
 
@@ -61,10 +64,10 @@ def _drain(transport: Transport, handle: Callable[[Delivery], bool]) -> None:
     timer.cancel()
 
 
-def consume(transport: Transport, n: int, settle: str = "ack") -> list[Delivery]:
-    got: list[Delivery] = []
+def consume(transport: Transport, n: int, settle: str = "ack") -> list[QueuedMessage]:
+    got: list[QueuedMessage] = []
 
-    def handle(d: Delivery) -> bool:
+    def handle(d: QueuedMessage) -> bool:
         got.append(d)
         d.ack() if settle == "ack" else d.reject(requeue=settle == "requeue")
         return len(got) >= n
@@ -78,7 +81,7 @@ def consume_until_seen(transport: Transport, wanted: set[bytes]) -> list[bytes]:
     bodies: list[bytes] = []
     missing = set(wanted)
 
-    def handle(d: Delivery) -> bool:
+    def handle(d: QueuedMessage) -> bool:
         bodies.append(d.body)
         missing.discard(d.body)
         d.ack()
@@ -155,6 +158,45 @@ def test_refused_credentials_give_a_clear_error(rabbitmq: object, amqp_url: str)
         bad.publish(messages(1))
     with pytest.raises(TransportError, match="refused the credentials"):
         bad.depth()
+
+
+def test_refused_credentials_stop_a_consumer_at_once_with_an_authentication_error(
+    rabbitmq: object, amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recognised by pika's exception class: the consumer does not retry what cannot
+    succeed, and says so with its own error class (whatever the message says)."""
+    bad = RabbitMQTransport(amqp_url.replace("guest:guest", "guest:wrong"), "q")
+    stop = threading.Event()
+    timer = threading.Timer(20, stop.set)  # a consumer that retried would still be here
+    timer.start()
+    try:
+        with pytest.raises(AuthenticationError):
+            bad.consume(lambda _m: None, prefetch=1, stop=stop)
+    finally:
+        timer.cancel()
+    assert not stop.is_set()
+    assert "reconnecting" not in caplog.text
+    with pytest.raises(AuthenticationError):
+        bad.dead_letters()
+
+
+def test_a_consumer_that_cannot_connect_pauses_logs_each_attempt_and_gives_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No broker on the port: each failed connection is logged as ``[n/max]`` and
+    followed by a pause (``backoff_delay``), and the consumer stops after the last."""
+    monkeypatch.setattr(rabbitmq_module, "MAX_CONSUME_RECONNECTS", 4)
+    pauses: list[float] = []
+    stop = threading.Event()
+    monkeypatch.setattr(stop, "wait", lambda pause: pauses.append(pause) or False)
+    nowhere = RabbitMQTransport(f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", "q")
+    caplog.set_level("WARNING", logger=rabbitmq_module.__name__)
+    with pytest.raises(ConnectionLost, match="lost for 4 attempts"):
+        nowhere.consume(lambda _m: None, prefetch=1, stop=stop)
+    assert len(pauses) == 3
+    assert all(0 <= p <= rabbitmq_module.RECONNECT_BACKOFF_MAX_S for p in pauses)
+    attempts = [r.getMessage() for r in caplog.records if "reconnecting in" in r.getMessage()]
+    assert [a.rsplit(" ", 1)[-1] for a in attempts] == ["[1/4]", "[2/4]", "[3/4]"]
 
 
 @pytest.fixture

@@ -79,6 +79,7 @@ EXPECTED_CODES = {
     errors.UnreadableFileError: ExitCode.USAGE,
     errors.TransportError: ExitCode.UNREACHABLE,
     errors.ConnectionLost: ExitCode.UNREACHABLE,
+    errors.AuthenticationError: ExitCode.UNREACHABLE,
     errors.PublishError: ExitCode.UNREACHABLE,
     errors.PublishIncomplete: ExitCode.FAILED,
     errors.LedgerError: ExitCode.UNREACHABLE,

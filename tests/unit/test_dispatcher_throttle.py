@@ -18,12 +18,12 @@ from courierflow.ledger.base import Ledger, open_ledger
 from courierflow.manager import dispatcher as dispatcher_module
 from courierflow.manager.dispatcher import MAX_INVOKE_ATTEMPTS, Dispatcher, InvokeLimit
 from courierflow.orders import Order, OrderState
-from courierflow.transports.base import DeadLetter, Delivery, Transport
+from courierflow.transports.base import DeadLetter, QueuedMessage, Transport
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 
-class RecordedDelivery(Delivery):
+class RecordedMessage(QueuedMessage):
     def __init__(self, body: bytes) -> None:
         self.body = body
         self.settled: str | None = None
@@ -40,11 +40,11 @@ class ListTransport(Transport):
 
     def __init__(self, order_ids: list[str]) -> None:
         self.deliveries = [
-            RecordedDelivery(Order(i, customer="c", address="a").to_json()) for i in order_ids
+            RecordedMessage(Order(i, customer="c", address="a").to_json()) for i in order_ids
         ]
 
     def consume(
-        self, on_message: Callable[[Delivery], None], prefetch: int, stop: threading.Event
+        self, on_message: Callable[[QueuedMessage], None], prefetch: int, stop: threading.Event
     ) -> None:
         for delivery in self.deliveries:
             on_message(delivery)
@@ -127,7 +127,7 @@ def test_throttled_invokes_are_retried_past_the_attempt_budget_and_never_dead_le
     transport = ListTransport(ids)
     throttles_each = MAX_INVOKE_ATTEMPTS + 3
     lam = ScriptedLambda(["throttle"] * throttles_each, retry_after_s=3600.0)
-    dispatcher = Dispatcher(transport, lam, ledger, "lambda_delivery", workers=16)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(transport, lam, ledger, "lambda_delivery", max_in_flight=16)  # type: ignore[arg-type]
     run_until(dispatcher, lambda: transport.settled().get("ack") == len(ids))
     assert transport.settled() == {"ack": len(ids)}
     assert dispatcher.stats.dispatched == len(ids)
@@ -173,7 +173,7 @@ def test_throttling_shrinks_the_invokes_in_flight_and_successes_grow_them_back(
     ids = [f"P-{i}" for i in range(200)]
     transport = ListTransport(ids)
     lam = ScriptedLambda(["throttle"] * 3)
-    dispatcher = Dispatcher(transport, lam, ledger, "lambda_delivery", workers=64)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(transport, lam, ledger, "lambda_delivery", max_in_flight=64)  # type: ignore[arg-type]
     limits: list[int] = []
     lam.on_call = lambda: limits.append(dispatcher.invoke_limit.limit)
     run_until(dispatcher, lambda: transport.settled().get("ack") == len(ids))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+from typing import Any
 from unittest import mock
 from urllib.parse import quote
 
+import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from courierflow.manager.invoker import SigV4Signer
+from courierflow.errors import ConfigError
+from courierflow.manager.invoker import EventInvoker, SigV4Signer
 
 pytestmark = pytest.mark.unit
 NOW = datetime.datetime(2026, 12, 1, 21, 35, 7, tzinfo=datetime.UTC)
@@ -51,3 +55,38 @@ def test_signature_matches_botocores(host: str, function: str, token: str | None
     assert ours["X-Amz-Date"] == expected["X-Amz-Date"] == "20261201T213507Z"
     assert ours["Authorization"] == expected["Authorization"]
     assert ours.get("X-Amz-Security-Token") == expected.get("X-Amz-Security-Token")
+
+
+def test_the_invoker_signs_with_its_sessions_credentials() -> None:
+    """Credentials come from boto3's public API (``Session.get_credentials()``): the
+    session's keys sign the call, not those of another session or the environment."""
+    session = boto3.Session(
+        aws_access_key_id="AKIDSESSION",
+        aws_secret_access_key="session-secret",
+        aws_session_token="session-token",
+        region_name="eu-west-1",
+    )
+    client = boto3.Session(
+        aws_access_key_id="AKIDOTHER", aws_secret_access_key="x", region_name="eu-west-1"
+    ).client("lambda", endpoint_url="http://127.0.0.1:9")
+    invoker = EventInvoker(client, session=session)
+    sent: list[dict[str, str]] = []
+
+    async def answer(path: str, headers: dict[str, str], body: bytes) -> Any:
+        sent.append(headers)
+        return 202, {"x-amzn-requestid": "req-1"}, b""
+
+    invoker._post = answer  # type: ignore[method-assign]
+    assert asyncio.run(invoker.invoke_event("lambda_delivery", b"{}")) == "req-1"
+    (headers,) = sent
+    assert "Credential=AKIDSESSION/" in headers["Authorization"]
+    assert "/eu-west-1/lambda/aws4_request" in headers["Authorization"]
+    assert headers["X-Amz-Security-Token"] == "session-token"
+
+
+def test_an_invoker_without_credentials_is_a_configuration_error() -> None:
+    client = boto3.client("lambda", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    no_credentials = mock.Mock(spec=boto3.Session)
+    no_credentials.get_credentials.return_value = None
+    with pytest.raises(ConfigError, match="no AWS credentials"):
+        EventInvoker(client, session=no_credentials)

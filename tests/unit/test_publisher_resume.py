@@ -23,7 +23,7 @@ from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, Dyna
 from courierflow.ledger.sqlite import SQLiteLedger
 from courierflow.orders import OrderState
 from courierflow.publishing import LEDGER_BATCH, OrderPublisher
-from courierflow.transports.base import DeadLetter, Delivery, OutgoingMessage, Transport
+from courierflow.transports.base import DeadLetter, OutgoingMessage, QueuedMessage, Transport
 
 pytestmark = pytest.mark.timeout(120)
 BUCKET, KEY = "uploads", "big.csv"
@@ -54,7 +54,7 @@ class RecordingTransport(Transport):
         return confirmed
 
     def consume(
-        self, on_message: Callable[[Delivery], None], prefetch: int, stop: threading.Event
+        self, on_message: Callable[[QueuedMessage], None], prefetch: int, stop: threading.Event
     ) -> None:
         raise NotImplementedError
 

@@ -9,13 +9,13 @@ import typer
 
 from courierflow.config import Settings
 from courierflow.logs import setup_logging
-from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS
+from courierflow.manager.dispatcher import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PREFETCH
 
 
 def manager(
     workers: Annotated[
         int, typer.Option(help="Invoke calls in flight at once.", min=1)
-    ] = DEFAULT_WORKERS,
+    ] = DEFAULT_MAX_IN_FLIGHT,
     prefetch: Annotated[
         int, typer.Option(help="Unacked messages the broker hands us.", min=1)
     ] = DEFAULT_PREFETCH,
@@ -29,7 +29,7 @@ def manager(
     from courierflow.manager.service import serve
 
     setup_logging()
-    serve(Settings.from_env().with_secrets(), workers=workers, prefetch=prefetch)
+    serve(Settings.from_env().with_secrets(), max_in_flight=workers, prefetch=prefetch)
 
 
 def reconcile(

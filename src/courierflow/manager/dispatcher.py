@@ -18,35 +18,35 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 
 from courierflow import faults
+from courierflow.backoff import backoff_delay
 from courierflow.errors import InvokeError, InvokeThrottled
 from courierflow.ledger.base import Ledger
 from courierflow.manager.invoker import EventInvoker
 from courierflow.orders import Order
-from courierflow.transports.base import Delivery, Transport
+from courierflow.transports.base import QueuedMessage, Transport
 
 log = logging.getLogger(__name__)
 
 #: attempts at one Invoke call before the message is dead-lettered
 MAX_INVOKE_ATTEMPTS = 5
-#: first and largest pause between invoke attempts, in seconds
-INVOKE_BACKOFF_BASE_S = 0.2
+#: the longest pause after a first failed invoke, doubling per failure up to the largest,
+#: in seconds (``backoff_delay``: each pause drawn between zero and that)
+INVOKE_BACKOFF_BASE_S = 0.4
 INVOKE_BACKOFF_MAX_S = 5.0
-#: first and largest pause before a throttled invoke is tried again, in seconds (added to
-#: Lambda's Retry-After hint, if any; the sum never exceeds the largest). Throttles never
-#: use up the attempts
+#: the same for a throttled invoke, in seconds (the pause is added to Lambda's Retry-After
+#: hint, if any; the sum never exceeds the largest). Throttles never use up the attempts
 THROTTLE_BACKOFF_BASE_S = 0.1
 THROTTLE_BACKOFF_MAX_S = 20.0
 #: how often a throttled invoke waiting for its retry looks whether the manager is stopping
 THROTTLE_STOP_CHECK_S = 0.25
 #: Invoke calls in flight at once (each waits on a network round trip; on the asyncio
 #: loop they cost no thread). 256 covers ~8,000 invokes/s at 30 ms
-DEFAULT_WORKERS = 256
+DEFAULT_MAX_IN_FLIGHT = 256
 #: unacknowledged messages the broker may hand us
 DEFAULT_PREFETCH = 1024
 #: seconds a stopping manager waits for its invokes in flight (5 attempts fit in it)
@@ -181,8 +181,8 @@ class Dispatcher:
     """Consumes a transport and invokes the delivery function once per order.
 
     Messages arrive on the transport's thread; each becomes a task on one asyncio loop
-    (its own thread), where up to ``workers`` Invoke calls wait for Lambda at once (fewer
-    while Lambda throttles: see ``InvokeLimit``)."""
+    (its own thread), where up to ``max_in_flight`` Invoke calls wait for Lambda at once
+    (fewer while Lambda throttles: see ``InvokeLimit``)."""
 
     def __init__(
         self,
@@ -190,7 +190,7 @@ class Dispatcher:
         invoker: EventInvoker,
         ledger: Ledger,
         function_name: str,
-        workers: int = DEFAULT_WORKERS,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         prefetch: int = DEFAULT_PREFETCH,
         duplicate_rate: float = 0.0,
     ) -> None:
@@ -198,7 +198,7 @@ class Dispatcher:
         self.invoker = invoker
         self.ledger = ledger
         self.function_name = function_name
-        self.workers = workers
+        self.max_in_flight = max_in_flight
         self.prefetch = prefetch
         self.duplicate_rate = duplicate_rate
         self.stats = DispatchStats()
@@ -207,10 +207,10 @@ class Dispatcher:
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="invoke-loop", daemon=True
         )
-        #: Invoke calls allowed in flight (fewer than ``workers`` while Lambda throttles)
-        self.invoke_limit = InvokeLimit(workers)
+        #: Invoke calls allowed in flight (fewer than ``max_in_flight`` while Lambda throttles)
+        self.invoke_limit = InvokeLimit(max_in_flight)
         #: messages handed over by the transport's thread, not yet started on the loop
-        self._arrived: list[tuple[Order, Delivery]] = []
+        self._arrived: list[tuple[Order, QueuedMessage]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._tasks_lock = threading.Lock()
         #: messages handed over and not yet settled; ``_idle`` is set when none are
@@ -221,7 +221,9 @@ class Dispatcher:
     def run(self) -> None:
         """Consume until ``stop()``; then finish the invokes in flight and settle them."""
         log.info(
-            "manager dispatching to %s, %d invokes in flight", self.function_name, self.workers
+            "manager dispatching to %s, %d invokes in flight",
+            self.function_name,
+            self.max_in_flight,
         )
         self._loop_thread.start()
         try:
@@ -249,17 +251,17 @@ class Dispatcher:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _on_message(self, delivery: Delivery) -> None:
+    def _on_message(self, message: QueuedMessage) -> None:
         try:
-            order = Order.from_message(delivery.body)
+            order = Order.from_message(message.body)
         except (ValueError, UnicodeDecodeError) as exc:
-            log.error("not a valid order, dead-lettered: %s (%r)", exc, delivery.body[:200])
+            log.error("not a valid order, dead-lettered: %s (%r)", exc, message.body[:200])
             self.stats.add("dead_lettered")
-            delivery.reject(requeue=False)
+            message.reject(requeue=False)
             return
         with self._tasks_lock:
             wake = not self._arrived
-            self._arrived.append((order, delivery))
+            self._arrived.append((order, message))
             self._unfinished += 1
             self._idle.clear()
         if wake:  # one wake-up of the loop takes every message that arrived meanwhile
@@ -268,8 +270,8 @@ class Dispatcher:
     def _start_arrived(self) -> None:
         with self._tasks_lock:
             arrived, self._arrived = self._arrived, []
-        for order, delivery in arrived:
-            task = self._loop.create_task(self._dispatch(order, delivery))
+        for order, message in arrived:
+            task = self._loop.create_task(self._dispatch(order, message))
             self._tasks.add(task)  # a reference until it is done (the loop keeps none)
             task.add_done_callback(self._tasks.discard)
 
@@ -279,16 +281,16 @@ class Dispatcher:
             if self._unfinished == 0:
                 self._idle.set()
 
-    async def _dispatch(self, order: Order, delivery: Delivery) -> None:
+    async def _dispatch(self, order: Order, message: QueuedMessage) -> None:
         try:
-            await self._invoke_with_retries(order, delivery)
+            await self._invoke_with_retries(order, message)
         except Exception:  # a bug must not leave the message unsettled until a restart
             log.exception("dispatch failed; message requeued", extra={"order_id": order.order_id})
-            delivery.reject(requeue=True)
+            message.reject(requeue=True)
         finally:
             self._finished()
 
-    async def _invoke_with_retries(self, order: Order, delivery: Delivery) -> None:
+    async def _invoke_with_retries(self, order: Order, message: QueuedMessage) -> None:
         """Invoke until Lambda accepts; a failed attempt holds its slot while it backs off,
         a throttled one gives the slot up and does not count as an attempt."""
         extra = {"order_id": order.order_id}
@@ -310,7 +312,7 @@ class Dispatcher:
                     holding = False
                     throttles += 1
                     if not await self._throttle_pause(exc, throttles, extra):
-                        delivery.reject(requeue=True)  # shutting down: still unacked, requeue
+                        message.reject(requeue=True)  # shutting down: still unacked, requeue
                         return
                     await limit.acquire()
                     holding = True
@@ -319,22 +321,23 @@ class Dispatcher:
                     reason = str(exc)
                 else:
                     limit.accepted()
-                    await self._handed_on(order, delivery)
+                    await self._handed_on(order, message)
                     return
                 attempt += 1
                 log.warning(
                     "invoke failed [%d/%d]: %s", attempt, MAX_INVOKE_ATTEMPTS, reason, extra=extra
                 )
                 if self.stop_event.is_set():
-                    delivery.reject(requeue=True)  # shutting down: let another manager have it
+                    message.reject(requeue=True)  # shutting down: let another manager have it
                     return
                 if attempt >= MAX_INVOKE_ATTEMPTS:
                     break
                 self.stats.add("invoke_retries")
-                cap = min(INVOKE_BACKOFF_MAX_S, INVOKE_BACKOFF_BASE_S * 2**attempt)
-                await asyncio.sleep(random.uniform(cap / 2, cap))
+                await asyncio.sleep(
+                    backoff_delay(attempt, INVOKE_BACKOFF_BASE_S, INVOKE_BACKOFF_MAX_S)
+                )
             reason = f"invoke failed {MAX_INVOKE_ATTEMPTS} times: {reason}"
-            await asyncio.to_thread(self._dead_letter, order, delivery, reason)
+            await asyncio.to_thread(self._dead_letter, order, message, reason)
         finally:
             if holding:
                 limit.release()
@@ -347,9 +350,8 @@ class Dispatcher:
 
         Returns False, at once, when the manager is stopping (the caller requeues)."""
         self.stats.add("throttles")
-        cap = min(THROTTLE_BACKOFF_MAX_S, THROTTLE_BACKOFF_BASE_S * 2 ** min(throttles - 1, 30))
-        hint = exc.retry_after_s or 0.0
-        delay = min(THROTTLE_BACKOFF_MAX_S, hint + random.uniform(cap / 2, cap))
+        jitter = backoff_delay(throttles, THROTTLE_BACKOFF_BASE_S, THROTTLE_BACKOFF_MAX_S)
+        delay = min(THROTTLE_BACKOFF_MAX_S, (exc.retry_after_s or 0.0) + jitter)
         log.info(
             "invoke throttled [%d], trying again in %.2f s: %s", throttles, delay, exc, extra=extra
         )
@@ -361,12 +363,12 @@ class Dispatcher:
             await asyncio.sleep(min(left, THROTTLE_STOP_CHECK_S))
         return False
 
-    async def _handed_on(self, order: Order, delivery: Delivery) -> None:
+    async def _handed_on(self, order: Order, message: QueuedMessage) -> None:
         """Lambda accepted the event: ack the message, record the dispatch soon after."""
         if faults.chosen(order.order_id, self.duplicate_rate, salt="duplicate"):
             await self._invoke_again(order)
         self._recorder.add(order.order_id)
-        delivery.ack()
+        message.ack()
         self.stats.add("dispatched")
 
     async def _invoke_again(self, order: Order) -> None:
@@ -380,11 +382,11 @@ class Dispatcher:
         log.info("injected duplicate invoke", extra=extra)
         self.stats.add("duplicates_injected")
 
-    def _dead_letter(self, order: Order, delivery: Delivery, reason: str) -> None:
+    def _dead_letter(self, order: Order, message: QueuedMessage, reason: str) -> None:
         log.error("dead-lettered: %s", reason, extra={"order_id": order.order_id})
         try:
             self.ledger.mark_failed(order.order_id, reason, time.time())
         except Exception:
             log.exception("could not record the failure", extra={"order_id": order.order_id})
         self.stats.add("dead_lettered")
-        delivery.reject(requeue=False)
+        message.reject(requeue=False)

@@ -10,7 +10,7 @@ import boto3
 
 from courierflow.config import Settings
 from courierflow.ledger.base import open_ledger
-from courierflow.manager.dispatcher import DEFAULT_PREFETCH, DEFAULT_WORKERS, Dispatcher
+from courierflow.manager.dispatcher import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PREFETCH, Dispatcher
 from courierflow.manager.invoker import EventInvoker
 from courierflow.transports.base import open_transport
 
@@ -18,26 +18,27 @@ log = logging.getLogger(__name__)
 
 
 def build_dispatcher(
-    settings: Settings, workers: int = DEFAULT_WORKERS, prefetch: int = DEFAULT_PREFETCH
+    settings: Settings, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, prefetch: int = DEFAULT_PREFETCH
 ) -> Dispatcher:
     """A dispatcher wired to the services the settings and boto3's endpoints name."""
-    lambda_client = boto3.client("lambda", region_name=settings.region)
+    session = boto3.Session(region_name=settings.region)
+    lambda_client = session.client("lambda")
     return Dispatcher(
         transport=open_transport(settings.queue_url, settings.queue, settings.region),
-        invoker=EventInvoker(lambda_client, max_connections=workers),
+        invoker=EventInvoker(lambda_client, max_connections=max_in_flight, session=session),
         ledger=open_ledger(settings.ledger_url, settings.region),
         function_name=settings.delivery_function,
-        workers=workers,
+        max_in_flight=max_in_flight,
         prefetch=prefetch,
         duplicate_rate=settings.duplicate_rate,
     )
 
 
 def serve(
-    settings: Settings, workers: int = DEFAULT_WORKERS, prefetch: int = DEFAULT_PREFETCH
+    settings: Settings, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, prefetch: int = DEFAULT_PREFETCH
 ) -> None:
     """Run until SIGTERM or SIGINT, then finish in-flight invokes, ack, and close."""
-    dispatcher = build_dispatcher(settings, workers, prefetch)
+    dispatcher = build_dispatcher(settings, max_in_flight, prefetch)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing in-flight orders", signal.Signals(signum).name)

@@ -23,8 +23,10 @@ class OutgoingMessage:
     message_id: str
 
 
-class Delivery(ABC):
-    """One message handed to a consumer. ``ack`` and ``reject`` are safe from any thread."""
+class QueuedMessage(ABC):
+    """One message the queue handed to a consumer (not yet a courier's delivery: the order
+    it carries is delivered once the manager invoked the delivery function for it).
+    ``ack`` and ``reject`` are safe from any thread."""
 
     body: bytes
     #: how many times the broker handed this message out before (0 on first delivery)
@@ -66,7 +68,7 @@ class Transport(ABC):
 
     @abstractmethod
     def consume(
-        self, on_message: Callable[[Delivery], None], prefetch: int, stop: threading.Event
+        self, on_message: Callable[[QueuedMessage], None], prefetch: int, stop: threading.Event
     ) -> None:
         """Call ``on_message`` for each message until ``stop`` is set, reconnecting on loss.
 

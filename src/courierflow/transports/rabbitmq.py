@@ -1,234 +1,57 @@
-"""RabbitMQ transport on pika: pipelined confirmed publishing, and a consumer whose
-messages can be acked from worker threads.
+"""RabbitMQ transport on pika: pipelined confirmed publishing (``rabbitmq_publish``), and
+a consumer whose messages can be acked from worker threads.
 
-Topology (declared idempotently by every client):
-- ``QUEUE``: a durable quorum queue. Quorum queues persist every message on disk before
-  confirming it and count redeliveries, so ``x-delivery-limit`` stops a poison message
-  from looping forever; both are what "nothing lost" needs.
-- ``QUEUE.dlx`` -> ``QUEUE.dlq``: where rejected and over-delivered messages go.
+The queue, its dead-letter exchange and queue are declared by every client
+(``rabbitmq_topology``). pika's exceptions stop here: callers see ``AuthenticationError``
+when the broker refused the credentials, ``ConnectionLost`` when it could not be reached,
+``TransportError`` otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from courierflow.errors import ConnectionLost, PublishError, TransportError
-from courierflow.transports.base import DeadLetter, Delivery, OutgoingMessage, Transport
+from courierflow.backoff import backoff_delay
+from courierflow.errors import AuthenticationError, ConnectionLost, PublishError, TransportError
+from courierflow.transports.base import DeadLetter, OutgoingMessage, QueuedMessage, Transport
+from courierflow.transports.rabbitmq_publish import PipelinedPublish
+from courierflow.transports.rabbitmq_topology import (
+    CREDENTIALS_REFUSED,
+    ORDER_ID_HEADER,
+    message_properties,
+    topology,
+)
 
 log = logging.getLogger(__name__)
 
-#: unconfirmed messages allowed in flight while publishing
-PUBLISH_WINDOW = 2000
-#: connection attempts in a row before giving up (the count resets on progress)
+#: failed connections in a row before publishing gives up (the count resets on progress)
 MAX_CONNECT_ATTEMPTS = 10
-#: first and largest pause between connection attempts, in seconds
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 10.0
-#: deliveries of one message before the broker dead-letters it (poison messages)
-MAX_DELIVERIES = 5
-#: a message nacked by the broker is re-published at most this often
-MAX_NACK_REPUBLISH = 3
+#: failed connections in a row before a consumer gives up (the count resets once one
+#: opens): a service rides out a broker restart, and on EC2 systemd restarts it after
+MAX_CONSUME_RECONNECTS = 30
+#: the longest pause after a first failed connection, doubling per failure up to the
+#: largest, in seconds (``backoff_delay``: each pause drawn between zero and that)
+RECONNECT_BACKOFF_BASE_S = 1.0
+RECONNECT_BACKOFF_MAX_S = 10.0
 #: seconds a stopping consumer waits for in-flight messages to be settled
 DRAIN_TIMEOUT_S = 60.0
 #: longest an ack waits to be sent with others (behind a delivery still in progress)
 ACK_HOLD_S = 0.05
-#: message header that carries the order id
-ORDER_ID_HEADER = "order_id"
-
-
-def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped."""
-    return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
-
-
-def queue_arguments(queue: str) -> dict[str, Any]:
-    return {
-        "x-queue-type": "quorum",
-        "x-dead-letter-exchange": f"{queue}.dlx",
-        "x-dead-letter-routing-key": queue,
-        "x-delivery-limit": MAX_DELIVERIES,
-    }
 
 
 def declare_topology(channel: BlockingChannel, queue: str) -> None:
     """Declare the queue, its dead-letter exchange and queue (idempotent)."""
-    channel.exchange_declare(f"{queue}.dlx", exchange_type="direct", durable=True)
-    channel.queue_declare(f"{queue}.dlq", durable=True)
-    channel.queue_bind(f"{queue}.dlq", f"{queue}.dlx", routing_key=queue)
-    channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
-
-
-def message_properties(message: OutgoingMessage) -> BasicProperties:
-    return BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent,
-        content_type="application/json",
-        message_id=message.message_id,
-        headers={ORDER_ID_HEADER: message.order_id},
-    )
-
-
-class _FatalBrokerError(Exception):
-    """The broker said no in a way retrying will not change (credentials, arguments)."""
-
-
-class _PipelinedPublish:
-    """One publishing job on pika's SelectConnection: a window of unconfirmed messages."""
-
-    def __init__(self, params: pika.URLParameters, queue: str, source: Iterator[OutgoingMessage]):
-        self.params = params
-        self.queue = queue
-        self.source = source
-        self.pending: deque[OutgoingMessage] = deque()  # re-publish these before the source
-        self.nacks: dict[str, int] = {}
-        self.unconfirmed: dict[int, OutgoingMessage] = {}
-        self.confirmed = 0
-        self.exhausted = False
-        self.fatal: str | None = None
-        self._tag = 0
-        self._channel: Channel | None = None
-        self._conn: pika.SelectConnection | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.exhausted and not self.pending and not self.unconfirmed
-
-    def run_connection(self) -> None:
-        """Publish over one connection until done or the connection is lost."""
-        self._tag = 0
-        self._conn = pika.SelectConnection(
-            self.params,
-            on_open_callback=self._on_open,
-            on_open_error_callback=self._on_open_error,
-            on_close_callback=self._on_close,
-        )
-        try:
-            self._conn.ioloop.start()
-        finally:
-            # Whatever was not confirmed goes out again first on the next connection.
-            for tag in sorted(self.unconfirmed, reverse=True):
-                self.pending.appendleft(self.unconfirmed[tag])
-            self.unconfirmed.clear()
-
-    # --- callbacks ---------------------------------------------------------------------
-
-    def _on_open(self, conn: pika.SelectConnection) -> None:
-        conn.channel(on_open_callback=self._on_channel)
-
-    def _on_open_error(self, conn: pika.SelectConnection, error: BaseException | str) -> None:
-        if isinstance(
-            error,
-            pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
-        ):
-            self.fatal = f"the broker refused the credentials: {error}"
-        log.warning("cannot connect to RabbitMQ: %s", error)
-        conn.ioloop.stop()
-
-    def _on_close(self, conn: pika.SelectConnection, reason: BaseException) -> None:
-        if not self.finished:
-            log.warning("RabbitMQ connection closed while publishing: %s", reason)
-        conn.ioloop.stop()
-
-    def _on_channel(self, channel: Channel) -> None:
-        self._channel = channel
-        channel.add_on_close_callback(self._on_channel_closed)
-        q = self.queue
-        steps: list[Callable[[Callable[[Any], None]], None]] = [
-            lambda cb: channel.exchange_declare(f"{q}.dlx", "direct", durable=True, callback=cb),
-            lambda cb: channel.queue_declare(f"{q}.dlq", durable=True, callback=cb),
-            lambda cb: channel.queue_bind(f"{q}.dlq", f"{q}.dlx", routing_key=q, callback=cb),
-            lambda cb: channel.queue_declare(
-                q, durable=True, arguments=queue_arguments(q), callback=cb
-            ),
-            lambda cb: channel.confirm_delivery(self._on_confirm, callback=cb),
-        ]
-
-        def run(index: int) -> None:
-            if index == len(steps):
-                self._pump()
-            else:
-                steps[index](lambda _frame: run(index + 1))
-
-        run(0)
-
-    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
-        if isinstance(reason, pika.exceptions.ChannelClosedByBroker) and reason.reply_code in (
-            403,
-            406,
-        ):
-            self.fatal = f"the broker closed the channel: {reason.reply_text}"
-        if self._conn is not None and self._conn.is_open:
-            self._conn.close()
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        tags = (
-            [t for t in self.unconfirmed if t <= method.delivery_tag]
-            if method.multiple
-            else [method.delivery_tag]
-        )
-        for tag in tags:
-            message = self.unconfirmed.pop(tag, None)
-            if message is None:
-                continue
-            if isinstance(method, Basic.Ack):
-                self.confirmed += 1
-                continue
-            count = self.nacks.get(message.order_id, 0) + 1
-            self.nacks[message.order_id] = count
-            if count > MAX_NACK_REPUBLISH:
-                self.fatal = f"the broker refused order {message.order_id} {count} times"
-            else:
-                log.warning(
-                    "broker nacked order %s; re-publishing [%d/%d]",
-                    message.order_id,
-                    count,
-                    MAX_NACK_REPUBLISH,
-                )
-                self.pending.append(message)
-        if self.fatal and self._conn is not None:
-            self._conn.close()
-            return
-        self._pump()
-
-    def _next(self) -> OutgoingMessage | None:
-        if self.pending:
-            return self.pending.popleft()
-        if self.exhausted:
-            return None
-        try:
-            return next(self.source)
-        except StopIteration:
-            self.exhausted = True
-            return None
-
-    def _pump(self) -> None:
-        channel = self._channel
-        if channel is None or not channel.is_open:
-            return
-        while len(self.unconfirmed) < PUBLISH_WINDOW:
-            message = self._next()
-            if message is None:
-                break
-            self._tag += 1
-            self.unconfirmed[self._tag] = message
-            channel.basic_publish(
-                "", self.queue, message.body, message_properties(message), mandatory=False
-            )
-        if self.finished and self._conn is not None and self._conn.is_open:
-            self._conn.close()
+    for method, arguments in topology(queue):
+        getattr(channel, method)(**arguments)
 
 
 class _Settler:
@@ -297,7 +120,7 @@ class _Settler:
                 del self._unsent[tag]
 
 
-class _RabbitDelivery(Delivery):
+class _RabbitMessage(QueuedMessage):
     def __init__(self, settler: _Settler, tag: int, body: bytes, delivery_count: int) -> None:
         self._settler = settler
         self._tag = tag
@@ -324,9 +147,10 @@ class RabbitMQTransport(Transport):
     def _connect(self) -> pika.BlockingConnection:
         try:
             return pika.BlockingConnection(self.params)
-        except pika.exceptions.ProbableAuthenticationError as exc:
-            raise TransportError(
-                f"RabbitMQ refused the credentials ({exc}); check COURIERFLOW_AMQP_URL"
+        except CREDENTIALS_REFUSED as exc:
+            raise AuthenticationError(
+                f"RabbitMQ at {self._where()} refused the credentials ({exc!r}); "
+                "check COURIERFLOW_AMQP_URL"
             ) from None
         except pika.exceptions.AMQPError as exc:
             raise ConnectionLost(f"cannot reach RabbitMQ at {self._where()}: {exc!r}") from None
@@ -334,10 +158,28 @@ class RabbitMQTransport(Transport):
     def _where(self) -> str:
         return f"{self.params.host}:{self.params.port}"
 
+    @contextlib.contextmanager
+    def _channel(self, doing: str) -> Iterator[BlockingChannel]:
+        """A channel on a connection of its own, the topology declared; closed after.
+
+        pika's errors inside become ``TransportError("cannot {doing}: ...")``.
+        """
+        conn = self._connect()
+        try:
+            channel = conn.channel()
+            declare_topology(channel, self.queue)
+            yield channel
+        except pika.exceptions.AMQPError as exc:
+            raise TransportError(f"cannot {doing}: {exc!r}") from None
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                if conn.is_open:
+                    conn.close()
+
     # --- publishing --------------------------------------------------------------------
 
     def publish(self, messages: Iterable[OutgoingMessage]) -> int:
-        job = _PipelinedPublish(self.params, self.queue, iter(messages))
+        job = PipelinedPublish(self.params, self.queue, iter(messages))
         failures = 0
         while not job.finished:
             before = job.confirmed
@@ -352,7 +194,7 @@ class RabbitMQTransport(Transport):
                     f"RabbitMQ at {self._where()} unreachable after {failures} attempts; "
                     f"{job.confirmed} messages were confirmed, the rest were not published"
                 )
-            pause = backoff(failures)
+            pause = backoff_delay(failures, RECONNECT_BACKOFF_BASE_S, RECONNECT_BACKOFF_MAX_S)
             log.warning(
                 "reconnecting to RabbitMQ in %.1f s [%d/%d]", pause, failures, MAX_CONNECT_ATTEMPTS
             )
@@ -362,143 +204,114 @@ class RabbitMQTransport(Transport):
     # --- consuming ---------------------------------------------------------------------
 
     def consume(
-        self, on_message: Callable[[Delivery], None], prefetch: int, stop: threading.Event
+        self, on_message: Callable[[QueuedMessage], None], prefetch: int, stop: threading.Event
     ) -> None:
+        """See :meth:`Transport.consume`. A lost connection is opened again after a pause
+        (``backoff_delay``), up to ``MAX_CONSUME_RECONNECTS`` failures in a row.
+
+        Raises:
+            AuthenticationError: the broker refused the credentials (never retried).
+            ConnectionLost: no connection opened after ``MAX_CONSUME_RECONNECTS`` tries.
+        """
         failures = 0
         while not stop.is_set():
             try:
-                self._consume_once(on_message, prefetch, stop)
+                with self._channel(f"consume {self.queue}") as channel:
+                    failures = 0
+                    self._consume_on(channel, on_message, prefetch, stop)
                 return
-            except TransportError as exc:
-                if "refused the credentials" in str(exc):
-                    raise
-            except (ConnectionLost, pika.exceptions.AMQPError) as exc:
-                # A consumer is a long-running service: it keeps trying, with capped backoff.
+            except AuthenticationError:
+                raise
+            except TransportError as exc:  # ConnectionLost, or the channel failed
                 failures += 1
-                pause = backoff(min(failures, MAX_CONNECT_ATTEMPTS))
+                if failures >= MAX_CONSUME_RECONNECTS:
+                    raise ConnectionLost(
+                        f"RabbitMQ at {self._where()} lost for {failures} attempts: {exc}"
+                    ) from None
+                pause = backoff_delay(failures, RECONNECT_BACKOFF_BASE_S, RECONNECT_BACKOFF_MAX_S)
                 log.warning(
-                    "RabbitMQ connection lost (%s); reconnecting in %.1f s (attempt %d)",
+                    "RabbitMQ connection lost (%s); reconnecting in %.1f s [%d/%d]",
                     exc,
                     pause,
                     failures,
+                    MAX_CONSUME_RECONNECTS,
                 )
                 stop.wait(pause)
 
-    def _consume_once(
-        self, on_message: Callable[[Delivery], None], prefetch: int, stop: threading.Event
+    def _consume_on(
+        self,
+        channel: BlockingChannel,
+        on_message: Callable[[QueuedMessage], None],
+        prefetch: int,
+        stop: threading.Event,
     ) -> None:
-        conn = self._connect()
-        try:
-            channel = conn.channel()
-            declare_topology(channel, self.queue)
-            channel.basic_qos(prefetch_count=prefetch)
-            settler = _Settler(conn, channel)
+        conn = channel.connection
+        channel.basic_qos(prefetch_count=prefetch)
+        settler = _Settler(conn, channel)
 
-            def deliver(
-                ch: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes
-            ) -> None:
-                if stop.is_set():
-                    return  # not handed out: the broker takes it back when the connection closes
-                headers = props.headers or {}
-                count = int(headers.get("x-delivery-count", 0) or 0)
-                settler.outstanding += 1
-                on_message(_RabbitDelivery(settler, method.delivery_tag, body, count))
+        def deliver(
+            ch: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes
+        ) -> None:
+            if stop.is_set():
+                return  # not handed out: the broker takes it back when the connection closes
+            headers = props.headers or {}
+            count = int(headers.get("x-delivery-count", 0) or 0)
+            settler.outstanding += 1
+            on_message(_RabbitMessage(settler, method.delivery_tag, body, count))
 
-            channel.basic_consume(self.queue, deliver)
-            log.info("consuming %s on %s (prefetch %d)", self.queue, self._where(), prefetch)
-            while not stop.is_set():
-                conn.process_data_events(time_limit=ACK_HOLD_S)
-                settler.flush()  # acks held behind a slow delivery
-            # Settle what is in flight before closing. The consumer stays registered until
-            # then: RabbitMQ 3.10's quorum queues return messages whose ack arrives after
-            # basic.cancel (seen here: 13 of 30 runs of 200 acked messages had up to 34 back).
-            deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while settler.outstanding > 0 and time.monotonic() < deadline:
-                conn.process_data_events(time_limit=0.1)
-            settler.flush(force=True)
-            if settler.outstanding:
-                log.warning(
-                    "%d messages unsettled at shutdown; the broker redelivers them",
-                    settler.outstanding,
-                )
-        finally:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                if conn.is_open:
-                    conn.close()
+        channel.basic_consume(self.queue, deliver)
+        log.info("consuming %s on %s (prefetch %d)", self.queue, self._where(), prefetch)
+        while not stop.is_set():
+            conn.process_data_events(time_limit=ACK_HOLD_S)
+            settler.flush()  # acks held behind a slow delivery
+        # Settle what is in flight before closing. The consumer stays registered until
+        # then: RabbitMQ 3.10's quorum queues return messages whose ack arrives after
+        # basic.cancel (docs/performance.md has the measurement).
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while settler.outstanding > 0 and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.1)
+        settler.flush(force=True)
+        if settler.outstanding:
+            log.warning(
+                "%d messages unsettled at shutdown; the broker redelivers them",
+                settler.outstanding,
+            )
 
     # --- inspection and dead letters ---------------------------------------------------
 
     def depth(self) -> int:
-        conn = self._connect()
-        try:
-            channel = conn.channel()
-            declare_topology(channel, self.queue)
+        with self._channel(f"read the depth of {self.queue}") as channel:
             return int(channel.queue_declare(self.queue, passive=True).method.message_count)
-        except pika.exceptions.AMQPError as exc:
-            raise TransportError(f"cannot read the depth of {self.queue}: {exc!r}") from None
-        finally:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                conn.close()
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        conn = self._connect()
         letters: list[DeadLetter] = []
-        try:
-            channel = conn.channel()
-            declare_topology(channel, self.queue)
+        with self._channel(f"read {self.queue}.dlq") as channel:
             for _ in range(limit):
                 method, props, body = channel.basic_get(f"{self.queue}.dlq", auto_ack=False)
                 if method is None:
                     break
                 letters.append(_dead_letter(props, body))
             # Closing the channel without acking puts every message back, in order.
-        except pika.exceptions.AMQPError as exc:
-            raise TransportError(f"cannot read {self.queue}.dlq: {exc!r}") from None
-        finally:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                conn.close()
         return letters
 
     def replay_dead_letters(self, order_id: str | None = None) -> int:
-        conn = self._connect()
         moved = 0
-        try:
-            channel = conn.channel()
-            declare_topology(channel, self.queue)
+        with self._channel(f"replay {self.queue}.dlq") as channel:
             channel.confirm_delivery()
-            skipped: list[int] = []
             while True:
                 method, props, body = channel.basic_get(f"{self.queue}.dlq", auto_ack=False)
                 if method is None:
                     break
                 letter = _dead_letter(props, body)
                 if order_id is not None and letter.order_id != order_id:
-                    skipped.append(method.delivery_tag)
-                    continue
+                    continue  # left unacked: back in the dead-letter queue when we close
                 message = OutgoingMessage(
                     body, letter.order_id, props.message_id or letter.order_id
                 )
                 channel.basic_publish("", self.queue, body, message_properties(message))
                 channel.basic_ack(method.delivery_tag)
                 moved += 1
-        except pika.exceptions.AMQPError as exc:
-            raise TransportError(f"cannot replay {self.queue}.dlq: {exc!r}") from None
-        finally:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                conn.close()
         return moved
-
-    def purge(self) -> None:
-        """Empty the queue and its dead-letter queue (tests and benchmarks)."""
-        conn = self._connect()
-        try:
-            channel = conn.channel()
-            declare_topology(channel, self.queue)
-            channel.queue_purge(self.queue)
-            channel.queue_purge(f"{self.queue}.dlq")
-        finally:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                conn.close()
 
 
 def _dead_letter(props: BasicProperties, body: bytes) -> DeadLetter:

@@ -14,8 +14,10 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -25,9 +27,16 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from courierflow.backoff import backoff_delay
 from courierflow.config import resolve_region
 from courierflow.errors import PublishError, TransportError
-from courierflow.transports.base import DeadLetter, Delivery, OutgoingMessage, Transport
+from courierflow.transports.base import DeadLetter, OutgoingMessage, QueuedMessage, Transport
+from courierflow.transports.sqs_dead_letters import (
+    ORDER_ID_ATTRIBUTE,
+    REASON_ATTRIBUTE,
+    DeadLetterQueue,
+    receive_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,14 @@ BATCH_SIZE = 10
 PUBLISH_CONCURRENCY = 16
 #: attempts at one entry SQS reported as failed
 MAX_SEND_ATTEMPTS = 5
+#: the longest pause after a first failed SendMessageBatch, doubling per failure up to
+#: the largest, in seconds (``backoff_delay``: each pause drawn between zero and that)
+SEND_BACKOFF_BASE_S = 0.1
+SEND_BACKOFF_MAX_S = 2.0
+#: the same for a requeued message's visibility timeout (rounded up to whole seconds):
+#: it comes back after a pause that grows with its receives
+REQUEUE_BACKOFF_BASE_S = 2.0
+REQUEUE_BACKOFF_MAX_S = 300.0
 #: receives before SQS itself moves a message to the dead-letter queue
 MAX_RECEIVES = 5
 #: long polling, as SQS recommends; shorter only when a caller asks
@@ -47,9 +64,6 @@ VISIBILITY_TIMEOUT_S = 60
 RECEIVERS = 4
 #: seconds an ack waits for others to share its DeleteMessageBatch call
 DELETE_LINGER_S = 0.05
-#: message attribute carrying the order id (and the reason, on dead letters)
-ORDER_ID_ATTRIBUTE = "order_id"
-REASON_ATTRIBUTE = "courierflow_reason"
 
 
 def _aws(exc: Exception) -> str:
@@ -64,13 +78,12 @@ def _chunks(items: Iterator[OutgoingMessage], size: int) -> Iterator[list[Outgoi
         yield batch
 
 
-class _SqsDelivery(Delivery):
+class _SqsMessage(QueuedMessage):
     def __init__(self, transport: SQSTransport, message: dict[str, Any]) -> None:
         self._transport = transport
         self._message = message
         self.body = message["Body"].encode()
-        received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-        self.delivery_count = received - 1
+        self.delivery_count = receive_count(message) - 1
 
     def ack(self) -> None:
         self._transport._settle(self._message, "ack")
@@ -183,18 +196,20 @@ class SQSTransport(Transport):
                 log.warning(
                     "SendMessageBatch failed [%d/%d]: %s", attempt, MAX_SEND_ATTEMPTS, _aws(exc)
                 )
-                continue
-            for ok in result.get("Successful", []):
-                pending.pop(int(ok["Id"]), None)
-            if not pending:
-                return len(batch)
-            log.warning(
-                "%d entries failed [%d/%d]: %s",
-                len(pending),
-                attempt,
-                MAX_SEND_ATTEMPTS,
-                result.get("Failed", [])[:1],
-            )
+            else:
+                for ok in result.get("Successful", []):
+                    pending.pop(int(ok["Id"]), None)
+                if not pending:
+                    return len(batch)
+                log.warning(
+                    "%d entries failed [%d/%d]: %s",
+                    len(pending),
+                    attempt,
+                    MAX_SEND_ATTEMPTS,
+                    result.get("Failed", [])[:1],
+                )
+            if attempt < MAX_SEND_ATTEMPTS:
+                time.sleep(backoff_delay(attempt, SEND_BACKOFF_BASE_S, SEND_BACKOFF_MAX_S))
         raise PublishError(
             f"SQS did not take {len(pending)} orders after {MAX_SEND_ATTEMPTS} attempts "
             f"(first: {next(iter(pending.values())).order_id})"
@@ -203,7 +218,7 @@ class SQSTransport(Transport):
     # --- consuming ---------------------------------------------------------------------
 
     def consume(
-        self, on_message: Callable[[Delivery], None], prefetch: int, stop: threading.Event
+        self, on_message: Callable[[QueuedMessage], None], prefetch: int, stop: threading.Event
     ) -> None:
         url, _ = self._urls()
         self._slots = threading.BoundedSemaphore(max(prefetch, BATCH_SIZE))
@@ -225,21 +240,17 @@ class SQSTransport(Transport):
         """Delete acked messages with DeleteMessageBatch, up to 10 per call."""
         done = False
         while not done:
-            first = self._acks.get()
             batch: list[str] = []
-            if first is None:
-                done = True
-            else:
-                batch.append(first)
-            while len(batch) < BATCH_SIZE:
+            handle = self._acks.get()
+            while handle is not None:
+                batch.append(handle)
+                if len(batch) == BATCH_SIZE:
+                    break
                 try:
-                    more = self._acks.get(timeout=DELETE_LINGER_S)
+                    handle = self._acks.get(timeout=DELETE_LINGER_S)
                 except queue.Empty:
                     break
-                if more is None:
-                    done = True
-                    break
-                batch.append(more)
+            done = handle is None  # the end mark: nothing more will be acked
             if batch:
                 self._delete_batch(url, batch)
 
@@ -259,7 +270,7 @@ class SQSTransport(Transport):
                     self._slots.release()
 
     def _receive_loop(
-        self, url: str, on_message: Callable[[Delivery], None], stop: threading.Event
+        self, url: str, on_message: Callable[[QueuedMessage], None], stop: threading.Event
     ) -> None:
         assert self._slots is not None
         while not stop.is_set():
@@ -283,7 +294,7 @@ class SQSTransport(Transport):
             for _ in range(BATCH_SIZE - len(messages)):
                 self._slots.release()
             for message in messages:
-                on_message(_SqsDelivery(self, message))
+                on_message(_SqsMessage(self, message))
 
     def _settle(self, message: dict[str, Any], action: str) -> None:
         url, dlq_url = self._urls()
@@ -293,9 +304,11 @@ class SQSTransport(Transport):
             return
         try:
             if action == "requeue":
-                received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+                pause = backoff_delay(
+                    receive_count(message), REQUEUE_BACKOFF_BASE_S, REQUEUE_BACKOFF_MAX_S
+                )
                 self._client.change_message_visibility(
-                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=min(2**received, 300)
+                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=math.ceil(pause)
                 )
             else:
                 attributes = dict(message.get("MessageAttributes") or {})
@@ -329,78 +342,22 @@ class SQSTransport(Transport):
             raise TransportError(f"cannot read the depth of {self.name}: {_aws(exc)}") from None
         return int(attrs["ApproximateNumberOfMessages"])
 
-    def _dead_messages(self, visibility: int) -> Iterator[dict[str, Any]]:
-        _, dlq_url = self._urls()
-        while True:
-            got = self._client.receive_message(
-                QueueUrl=dlq_url,
-                MaxNumberOfMessages=BATCH_SIZE,
-                WaitTimeSeconds=0,
-                VisibilityTimeout=visibility,
-                AttributeNames=["ApproximateReceiveCount"],
-                MessageAttributeNames=["All"],
-            )
-            messages = got.get("Messages") or []
-            if not messages:
-                return
-            yield from messages
-
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        letters: list[DeadLetter] = []
         _, dlq_url = self._urls()
-        seen: list[str] = []
         try:
-            for message in self._dead_messages(visibility=30):
-                attrs = message.get("MessageAttributes") or {}
-                reason = attrs.get(REASON_ATTRIBUTE, {}).get("StringValue", "maxReceiveCount")
-                order_id = attrs.get(ORDER_ID_ATTRIBUTE, {}).get("StringValue", "(no order id)")
-                received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-                letters.append(DeadLetter(order_id, reason, received, message["Body"].encode()))
-                seen.append(message["ReceiptHandle"])
-                if len(letters) >= limit:
-                    break
-            for handle in seen:  # looking must not hide them: make them visible again
-                self._client.change_message_visibility(
-                    QueueUrl=dlq_url, ReceiptHandle=handle, VisibilityTimeout=0
-                )
+            return DeadLetterQueue(self._client, dlq_url).look(limit)
         except (ClientError, BotoCoreError) as exc:
             raise TransportError(
                 f"cannot read the dead letters of {self.name}: {_aws(exc)}"
             ) from None
-        return letters
 
     def replay_dead_letters(self, order_id: str | None = None) -> int:
         url, dlq_url = self._urls()
-        moved = 0
-        skipped: list[str] = []
         try:
-            for message in self._dead_messages(visibility=30):
-                attrs = message.get("MessageAttributes") or {}
-                this_id = attrs.get(ORDER_ID_ATTRIBUTE, {}).get("StringValue", "")
-                if order_id is not None and this_id != order_id:
-                    skipped.append(message["ReceiptHandle"])
-                    continue
-                # A new deduplication id: FIFO queues drop a repeat of the original's
-                # for 5 minutes, even after it was deleted.
-                replay_id = f"order:{this_id}:replay:{message['MessageId']}"
-                out = OutgoingMessage(message["Body"].encode(), this_id, replay_id)
-                self._send_batch(url, [out])
-                self._client.delete_message(
-                    QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"]
-                )
-                moved += 1
-            for handle in skipped:
-                self._client.change_message_visibility(
-                    QueueUrl=dlq_url, ReceiptHandle=handle, VisibilityTimeout=0
-                )
+            return DeadLetterQueue(self._client, dlq_url).replay(
+                order_id, lambda message: self._send_batch(url, [message])
+            )
         except (ClientError, BotoCoreError) as exc:
             raise TransportError(
                 f"cannot replay the dead letters of {self.name}: {_aws(exc)}"
             ) from None
-        return moved
-
-    def purge(self) -> None:
-        """Empty the queue and its dead-letter queue (tests and benchmarks)."""
-        url, dlq_url = self._urls()
-        for target in (url, dlq_url):
-            self._client.purge_queue(QueueUrl=target)
