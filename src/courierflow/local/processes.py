@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from courierflow.errors import StackError
@@ -77,7 +77,6 @@ class ManagedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     port: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:

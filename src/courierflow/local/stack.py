@@ -67,8 +67,7 @@ class StackOptions:
     fleet: int = 128
     #: delivery environments started with the stack (Lambda's provisioned concurrency;
     #: `--warm` provisions the whole fleet). Off by default, so that a small file does not
-    #: cost a fleet of processes; a warm fleet saves the ramp-up (e2e bench, 10,000 orders,
-    #: fleet 256: 25.1-25.9 s warm in 18 runs, 25.8-26.6 s on demand in 6).
+    #: cost a fleet of processes; a warm fleet saves the ramp-up (docs/performance.md)
     provisioned: int = 0
     #: multiplies the delivery delays (1.0 = the lab's 2-10 s)
     time_scale: float = 1.0

@@ -35,10 +35,8 @@ log = logging.getLogger(__name__)
 _PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 #: seconds a new environment may take to fork and connect
 SPAWN_TIMEOUT_S = 30.0
-#: environments started at once: a burst scales out in parallel, but 256 forks at once
-#: starve the rest of a small machine (e2e bench, 10,000 orders, fleet 256, 2 cores:
-#: one at a time 26.7-27.2 s, 16 at once 26.4-26.6 s, 32 at once 25.8-26.7 s,
-#: unbounded 28.5-32.4 s)
+#: environments started at once: a burst scales out in parallel, but hundreds of forks
+#: at once starve the rest of a small machine (measured in docs/performance.md)
 PARALLEL_STARTS = 32
 #: wait for the socket to drain only past this much unsent data (big payloads)
 DRAIN_ABOVE_BYTES = 256 * 1024
@@ -62,10 +60,6 @@ class Environment:
         self.created = time.monotonic()
         self.last_used = self.created
         self.invocations = 0
-
-    @property
-    def cold(self) -> bool:
-        return self.invocations == 0
 
     async def invoke(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one invocation and wait for its reply.
@@ -380,10 +374,6 @@ class EnvironmentPool:
 
     def stats(self) -> dict[str, int]:
         return {"busy": len(self.busy), "idle": len(self.idle), "total": self.total}
-
-    def pids(self) -> list[int]:
-        zygote = [self._zygote.pid] if self._zygote else []
-        return zygote + [e.pid for e in [*self.idle, *self.busy]]
 
 
 @functools.cache
