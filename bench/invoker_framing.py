@@ -34,7 +34,7 @@ from bench.dispatch import PYTHON, drain_queue
 from courierflow.config import Settings
 from courierflow.errors import InvokeError
 from courierflow.manager.dispatcher import DEFAULT_MAX_IN_FLIGHT
-from courierflow.manager.invoker import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, EventInvoker
+from courierflow.manager.event_invoker import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, EventInvoker
 from courierflow.manager.service import build_dispatcher
 
 FRAMINGS = ("hand", "aiohttp")

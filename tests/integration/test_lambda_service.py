@@ -436,7 +436,7 @@ def test_the_managers_invoker_is_accepted_and_converts_errors(tmp_path: Path) ->
     import asyncio
 
     from courierflow.errors import InvokeError
-    from courierflow.manager.invoker import EventInvoker
+    from courierflow.manager.event_invoker import EventInvoker
 
     svc = start_service(tmp_path, "--function", "echo=samples:echo")
     invoker = EventInvoker(svc.client(), max_connections=8)
@@ -479,7 +479,7 @@ def test_the_managers_invoker_goes_through_boto3_when_a_proxy_is_set(
     import asyncio
 
     from courierflow.errors import InvokeError
-    from courierflow.manager.invoker import EventInvoker
+    from courierflow.manager.event_invoker import EventInvoker
 
     svc = start_service(tmp_path, "--function", "echo=samples:echo")
     try:

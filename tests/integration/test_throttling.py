@@ -21,7 +21,7 @@ from courierflow.errors import InvokeThrottled
 from courierflow.ledger.base import open_ledger
 from courierflow.local.processes import rabbitmq_available
 from courierflow.manager.dispatcher import Dispatcher
-from courierflow.manager.invoker import EventInvoker
+from courierflow.manager.event_invoker import EventInvoker
 from courierflow.orders import Order, OrderState
 from courierflow.transports.base import OutgoingMessage, open_transport
 from tests.integration.test_lambda_service import Service, start_service
@@ -128,7 +128,7 @@ def test_the_managers_invoker_raises_invoke_throttled_with_the_retry_after_hint(
     assert throttled[0].retry_after_s == 1.0
 
     # the boto3 path (the one taken behind a proxy) recognises it too
-    monkeypatch.setattr("courierflow.manager.invoker._proxied", lambda scheme, host: True)
+    monkeypatch.setattr("courierflow.manager.event_invoker._proxied", lambda scheme, host: True)
     through_boto3 = EventInvoker(client)
 
     async def one_by_one() -> None:

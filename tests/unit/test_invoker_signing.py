@@ -15,7 +15,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from courierflow.errors import ConfigError
-from courierflow.manager.invoker import EventInvoker, SigV4Signer
+from courierflow.manager.event_invoker import EventInvoker, SigV4Signer
 
 pytestmark = pytest.mark.unit
 NOW = datetime.datetime(2026, 12, 1, 21, 35, 7, tzinfo=datetime.UTC)

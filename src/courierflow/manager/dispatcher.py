@@ -26,7 +26,7 @@ from courierflow import faults
 from courierflow.backoff import backoff_delay
 from courierflow.errors import InvokeError, InvokeThrottled
 from courierflow.ledger.base import Ledger
-from courierflow.manager.invoker import EventInvoker
+from courierflow.manager.event_invoker import EventInvoker
 from courierflow.orders import Order
 from courierflow.transports.base import QueuedMessage, Transport
 

@@ -11,7 +11,7 @@ import boto3
 from courierflow.config import Settings
 from courierflow.ledger.base import open_ledger
 from courierflow.manager.dispatcher import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PREFETCH, Dispatcher
-from courierflow.manager.invoker import EventInvoker
+from courierflow.manager.event_invoker import EventInvoker
 from courierflow.transports.base import open_transport
 
 log = logging.getLogger(__name__)

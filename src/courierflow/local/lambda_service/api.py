@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from courierflow.local.lambda_service.config import FunctionConfig
-from courierflow.local.lambda_service.invoker import Function, ThrottleReason
+from courierflow.local.lambda_service.invocations import Function, ThrottleReason
 from courierflow.local.lambda_service.limits import AccountConcurrency, TokenBucket
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from courierflow.local.lambda_service.config import REGION
 from courierflow.local.lambda_service.environments import EnvironmentDied
-from courierflow.local.lambda_service.invoker import Function
-from courierflow.local.lambda_service.sqs import client_for_queue
+from courierflow.local.lambda_service.invocations import Function
+from courierflow.local.lambda_service.queue_clients import client_for_queue
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from courierflow.local.lambda_service.api import SYNC_PAYLOAD_LIMIT, LambdaApi, 
 from courierflow.local.lambda_service.config import AccountLimits, FunctionConfig
 from courierflow.local.lambda_service.environments import EnvironmentPool
 from courierflow.local.lambda_service.event_source import SqsPoller
-from courierflow.local.lambda_service.invoker import Function
+from courierflow.local.lambda_service.invocations import Function
 from courierflow.local.lambda_service.isolated import install_runtime
 from courierflow.local.lambda_service.limits import AccountConcurrency, TokenBucket
 

@@ -22,7 +22,7 @@ from courierflow.local.lambda_service.environments import (
 )
 from courierflow.local.lambda_service.limits import AccountConcurrency
 from courierflow.local.lambda_service.logformat import log_block
-from courierflow.local.lambda_service.sqs import client_for_queue
+from courierflow.local.lambda_service.queue_clients import client_for_queue
 
 log = logging.getLogger(__name__)
 
