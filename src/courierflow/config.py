@@ -9,10 +9,10 @@ which is how the same code talks to AWS or to the local stand-ins.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from courierflow.errors import ConfigError
@@ -69,40 +69,36 @@ def resolve_region(env: Mapping[str, str] | None = None) -> str:
     return str(configured) if configured else DEFAULT_REGION
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    """``env[name]`` as a number, ``default`` when unset or empty.
+_T = TypeVar("_T", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: _T, parse: Callable[[str], _T]) -> _T:
+    """``env[name]`` read by ``parse`` (int or float), ``default`` when unset or empty.
 
     Raises:
         ConfigError: naming the variable, what it holds and what it accepts.
     """
     raw = env.get(name)
-    if raw in (None, ""):
+    if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
+        what = "a whole number" if parse is int else "a number"
+        example = f"an integer such as {default}" if parse is int else "a decimal such as 0.5"
         raise ConfigError(
-            f"{name}={raw!r} is not a number: it accepts a decimal such as 0.5 "
-            f"(unset, it is {default})"
+            f"{name}={raw!r} is not {what}: it accepts {example} (unset, it is {default})"
         ) from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    """``env[name]`` as a number (see ``_number``)."""
+    return _number(env, name, default, float)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    """``env[name]`` as a whole number, ``default`` when unset or empty.
-
-    Raises:
-        ConfigError: naming the variable, what it holds and what it accepts.
-    """
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{name}={raw!r} is not a whole number: it accepts an integer such as {default} "
-            f"(unset, it is {default})"
-        ) from None
+    """``env[name]`` as a whole number (see ``_number``)."""
+    return _number(env, name, default, int)
 
 
 @dataclass(frozen=True)

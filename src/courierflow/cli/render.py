@@ -176,20 +176,7 @@ def run_summary(s: RunSummary, rejects: list[tuple[int, str]], output: Output) -
 
 def _summary_table(s: RunSummary) -> Table:
     table = Table(title=f"run summary: {s.file}", show_header=False)
-    rows = [
-        ("rows read", s.rows),
-        ("rejected", s.rejected),
-        ("published", s.published),
-        ("already delivered (left alone)", s.skipped),
-        ("delivered", s.delivered),
-        ("failed", s.failed),
-        ("unaccounted for (lost)", s.lost),
-        ("duplicate deliveries skipped", s.duplicates),
-        ("makespan", f"{s.makespan_s:.2f} s"),
-        ("peak concurrent deliveries", s.peak_concurrency),
-        ("throughput", f"{s.throughput_per_s:.1f} deliveries/s"),
-    ]
-    for name, value in rows:
+    for name, value in s.labelled():
         table.add_row(name, str(value))
     return table
 

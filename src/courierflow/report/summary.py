@@ -35,6 +35,25 @@ class RunSummary:
     #: ids of the orders that did not finish (the ``lost`` ones)
     lost_orders: list[str] = field(default_factory=list)
 
+    def labelled(self, *, lab: bool = False) -> list[tuple[str, object]]:
+        """The summary's lines as (label, value) for a table; ``lab``: only what a lab's
+        own code produces (no rejects, skips or duplicates: it keeps no ledger)."""
+        rows: list[tuple[str, object]] = [
+            ("rows read", self.rows),
+            ("rejected", self.rejected),
+            ("published", self.published),
+            ("already delivered (left alone)", self.skipped),
+            ("delivered", self.delivered),
+            ("failed", self.failed),
+            ("unaccounted for (lost)", self.lost),
+            ("duplicate deliveries skipped", self.duplicates),
+            ("makespan", f"{self.makespan_s:.2f} s"),
+            ("peak concurrent deliveries", self.peak_concurrency),
+            ("throughput", f"{self.throughput_per_s:.1f} deliveries/s"),
+        ]
+        ledger_only = {"rejected", "already delivered (left alone)", "duplicate deliveries skipped"}
+        return [row for row in rows if not (lab and row[0] in ledger_only)]
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

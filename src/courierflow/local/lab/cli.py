@@ -196,17 +196,7 @@ def _progress(rows: int) -> Any:
 
 def _summary_table(s: RunSummary) -> Table:
     table = Table(title=f"lab run summary: {s.file}", show_header=False)
-    rows = [
-        ("rows read", s.rows),
-        ("published", s.published),
-        ("delivered", s.delivered),
-        ("failed", s.failed),
-        ("unaccounted for (lost)", s.lost),
-        ("makespan", f"{s.makespan_s:.2f} s"),
-        ("peak concurrent deliveries", s.peak_concurrency),
-        ("throughput", f"{s.throughput_per_s:.1f} deliveries/s"),
-    ]
-    for name, value in rows:
+    for name, value in s.labelled(lab=True):
         table.add_row(name, str(value))
     return table
 
