@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test check lint typecheck bench bench-smoke clean
+.PHONY: install system-deps run test check lint typecheck bench bench-smoke bench-million clean
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -40,6 +40,10 @@ bench: install
 
 bench-smoke: install
 	$(BIN)/python -m bench.run --smoke
+
+# a million orders through `courierflow up` / `submit` (~20 minutes on 2 cores)
+bench-million: install
+	$(BIN)/python -m bench.million
 
 clean:
 	-$(BIN)/courierflow down

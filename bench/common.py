@@ -72,6 +72,12 @@ class Services:
         self.processes.append(proc)
         return f"http://127.0.0.1:{port}"
 
+    @property
+    def broker_pid(self) -> int:
+        """The RabbitMQ node this bench started (0: it uses one that was running)."""
+        nodes = [p for p in self.processes if isinstance(p, RabbitNode)]
+        return nodes[0].broker.pid if nodes else 0
+
     def stop(self, proc: ManagedProcess | RabbitNode) -> None:
         proc.stop()
         self.processes.remove(proc)
@@ -158,3 +164,12 @@ def wait_for(predicate: Any, timeout_s: float, poll_s: float = 0.05) -> float:
             raise TimeoutError(f"not done after {timeout_s} s")
         time.sleep(poll_s)
     return time.perf_counter() - start
+
+
+def spread(stat: dict[str, Any], spec: str = ",.0f") -> str:
+    """A repeated measurement as ``median [min-max, n runs]``."""
+    if stat.get("runs", 1) < 2:
+        return format(stat["median"], spec)
+    return (
+        f"{stat['median']:{spec}} [{stat['min']:{spec}}-{stat['max']:{spec}}, {stat['runs']} runs]"
+    )

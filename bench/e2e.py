@@ -13,6 +13,26 @@ from courierflow.config import Settings
 from courierflow.ledger.base import open_ledger
 from courierflow.local import runner, stack
 from courierflow.orders import OrderState
+from courierflow.report.summary import RunSummary
+
+
+def ideal_s(delays: list[float], fleet: int) -> float:
+    """The fleet's bound: the longest trip, or all the trips spread over the fleet."""
+    return max(max(delays), sum(delays) / fleet) if delays else 0.0
+
+
+def run_figures(result: RunSummary, n: int, ideal: float) -> dict[str, Any]:
+    """A run's figures against the fleet's bound ``ideal``."""
+    return {
+        "orders": n,
+        "delivered": result.delivered,
+        "lost": result.lost,
+        "makespan_s": result.makespan_s,
+        "ideal_s": ideal,
+        "makespan_over_ideal": result.makespan_s / ideal if ideal else 0.0,
+        "deliveries_per_s": result.delivered / result.makespan_s if result.makespan_s else 0.0,
+        "peak_concurrency": result.peak_concurrency,
+    }
 
 
 def _ours(svc: Services, n: int, fleet: int, time_scale: float, warm: bool) -> dict[str, Any]:
@@ -34,8 +54,7 @@ def _ours(svc: Services, n: int, fleet: int, time_scale: float, warm: bool) -> d
         records = [r for r in ledger.orders() if r.state is OrderState.DELIVERED]
     finally:
         stack.down(home)
-    delays = [(r.delay_s or 0) * time_scale for r in records]
-    ideal = max(max(delays), sum(delays) / fleet) if delays else 0.0
+    ideal = ideal_s([(r.delay_s or 0) * time_scale for r in records], fleet)
     waits = [(r.started_at or 0) - (r.queued_at or 0) for r in records]
     first_start = min((r.started_at or started for r in records), default=started) - started
     # deliveries' own overhead: time on the road beyond the simulated trip
@@ -43,14 +62,7 @@ def _ours(svc: Services, n: int, fleet: int, time_scale: float, warm: bool) -> d
         (r.finished_at or 0) - (r.started_at or 0) - (r.delay_s or 0) * time_scale for r in records
     ]
     return {
-        "orders": n,
-        "delivered": result.delivered,
-        "lost": result.lost,
-        "makespan_s": result.makespan_s,
-        "ideal_s": ideal,
-        "makespan_over_ideal": result.makespan_s / ideal if ideal else 0.0,
-        "deliveries_per_s": result.delivered / result.makespan_s if result.makespan_s else 0.0,
-        "peak_concurrency": result.peak_concurrency,
+        **run_figures(result, n, ideal),
         "queue_to_start_s": percentiles(waits),
         "upload_to_first_start_s": first_start,
         "delivery_overhead_s": percentiles(overhead),

@@ -26,8 +26,9 @@ from bench import (
     ledger,
     publish,
     publisher_ledger,
+    short,
 )
-from bench.common import RESULTS, services
+from bench.common import RESULTS, services, spread
 
 
 def machine() -> dict[str, Any]:
@@ -46,15 +47,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d"),
     }
-
-
-def spread(stat: dict[str, Any], spec: str = ",.0f") -> str:
-    """A repeated measurement as ``median [min-max, n runs]``."""
-    if stat.get("runs", 1) < 2:
-        return format(stat["median"], spec)
-    return (
-        f"{stat['median']:{spec}} [{stat['min']:{spec}}-{stat['max']:{spec}}, {stat['runs']} runs]"
-    )
 
 
 def table(results: dict[str, Any]) -> str:
@@ -151,6 +143,8 @@ def table(results: dict[str, Any]) -> str:
             f"{spread(per_order, '.3f')} | {per_order['median'] / batched['median']:.1f}x "
             "less CPU |"
         )
+    if "short" in results:
+        lines += short.rows(results["short"])
     ls = results["lambda_service"]
     acc = ls["accept"]["latency_ms"]
     env = ls["environments"]
@@ -211,7 +205,7 @@ def plots(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def measure(smoke: bool) -> dict[str, Any]:
+def measure(smoke: bool, short_orders: int = short.ORDERS) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "smoke": smoke}
     with services() as svc:
         sizes = [2000] if smoke else [10_000, 100_000, 1_000_000]
@@ -233,6 +227,12 @@ def measure(smoke: bool) -> dict[str, Any]:
         )
         print("end to end ...", flush=True)
         results["e2e"] = e2e.run(svc, 200 if smoke else 10_000, 256, 0.1, 1 if smoke else 2)
+        print("short deliveries ...", flush=True)
+        results["short"] = (
+            short.run(svc, 300, fleet=32, repeats=1)
+            if smoke
+            else short.run(svc, short_orders, repeats=2)
+        )
     return results
 
 
@@ -246,6 +246,12 @@ def main() -> None:
         action="store_true",
         help="only rebuild the table and plots from the saved results (runs nothing)",
     )
+    parser.add_argument(
+        "--short-orders",
+        type=int,
+        default=short.ORDERS,
+        help="orders of the short-deliveries regime (e.g. 5000 for a quick run)",
+    )
     args = parser.parse_args()
     smoke = args.smoke
     out = RESULTS if not smoke else RESULTS / "tmp"
@@ -254,7 +260,7 @@ def main() -> None:
     if args.redraw:
         results = json.loads((out / name).read_text())
     else:
-        results = measure(smoke)
+        results = measure(smoke, args.short_orders)
         (out / name).write_text(json.dumps(results, indent=2))
     text = table(results)
     (out / "table.md").write_text(text)
