@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from courierflow.config import LOCAL_CREDENTIALS
 from courierflow.local.processes import (
     ManagedProcess,
     RabbitNode,
@@ -24,7 +25,7 @@ from courierflow.local.processes import (
     start_moto_server,
     start_rabbitmq,
 )
-from courierflow.local.stack import LOCAL_CREDENTIALS, broker_answers, local_client
+from courierflow.local.stack import broker_answers, local_client
 
 BENCH = Path(__file__).parent
 RESULTS = BENCH / "results"

@@ -143,7 +143,8 @@ async def _paced_events(url: str, rate: int, seconds: float) -> dict[str, Any]:
 def accept_latency(work: Path, rate: int, seconds: float) -> dict[str, Any]:
     """Event invokes at ``rate``/s for ``seconds`` while the events run on 16 environments."""
     with lambda_service(work, "handlers:noop", "fn.concurrency=16") as svc:
-        return _run_async(_paced_events(svc.url, rate, seconds))
+        result: dict[str, Any] = _run_async(_paced_events(svc.url, rate, seconds))
+        return result
 
 
 async def _sync_invokes(url: str, count: int) -> tuple[float, list[float]]:

@@ -23,6 +23,7 @@ from typing import Any
 import boto3
 
 from bench.common import summary
+from courierflow.config import LOCAL_CREDENTIALS
 from courierflow.ledger.dynamodb import (
     CLIENT_CONFIG,
     TABLE_ATTRIBUTES,
@@ -30,7 +31,6 @@ from courierflow.ledger.dynamodb import (
     DynamoDBLedger,
 )
 from courierflow.local.processes import start_moto_server
-from courierflow.local.stack import LOCAL_CREDENTIALS
 from courierflow.publishing import LEDGER_BATCH
 
 #: orders the per-order path writes per run (at ~2 ms each it would dominate the bench)
