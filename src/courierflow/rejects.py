@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable
 from typing import IO
 
@@ -44,17 +45,8 @@ def write_rejects(rejects: Iterable[Reject], out: IO[str], header: bool = True) 
 
 
 def _join(fields: list[str]) -> str:
-    line: list[str] = []
+    line = io.StringIO()
     # the writer quotes a field holding a character of its line terminator: with "\r\n"
     # a field with a newline is quoted (with "" it was not, and raw split on reading)
-    csv.writer(_ListWriter(line), lineterminator="\r\n").writerow(fields)
-    return "".join(line).removesuffix("\r\n")
-
-
-class _ListWriter:
-    def __init__(self, parts: list[str]) -> None:
-        self.parts = parts
-
-    def write(self, text: str) -> int:
-        self.parts.append(text)
-        return len(text)
+    csv.writer(line, lineterminator="\r\n").writerow(fields)
+    return line.getvalue().removesuffix("\r\n")
