@@ -32,8 +32,10 @@ typecheck: $(STAMP)
 check: $(STAMP) lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider -m unit tests/unit
 
+# test: everything, two test files at a time (most tests wait on real services more than
+# they compute; each worker starts its own RabbitMQ and moto)
 test: install lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -54,6 +54,12 @@ class InvokeError(CourierflowError):
     """Raised when Lambda did not accept an invocation after the bounded retries."""
 
 
+class InvokeUnreachable(InvokeError):
+    """Raised when Lambda's endpoint gave no answer (refused, reset or timed out): an
+    outage, not a failure of the order, so the manager holds the order and tries again
+    until the endpoint answers instead of spending the order's attempts."""
+
+
 class InvokeThrottled(InvokeError):
     """Raised when Lambda refused an invocation for throttling (HTTP 429,
     ``TooManyRequestsException``): not a failure of the order, to be retried later.

@@ -155,7 +155,11 @@ def test_user_data_installs_the_wheel_and_the_manager_runs_from_its_unit(
     try:
         order = {"order_id": f"R-{account['suffix']}", "customer": "c", "quantity": 1}
         deadline = time.monotonic() + 30
-        while queue_name not in str(clients["sqs"].list_queues().get("QueueUrls", [])):
+        # the exact name: the dead-letter queue (NAME-dlq) is declared first
+        while not any(
+            url.rsplit("/", 1)[-1] == queue_name
+            for url in clients["sqs"].list_queues().get("QueueUrls", [])
+        ):
             assert time.monotonic() < deadline, "the manager did not declare its queue"
             assert manager.poll() is None, manager.communicate()[0][-3000:]
             time.sleep(0.2)

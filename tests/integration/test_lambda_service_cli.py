@@ -115,7 +115,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     }
     args = [a for name, h in fns.items() for a in ("--function", f"{name}={h}")]
     sets = [
-        "leaky.memory=128", "aged.retry_delays=1.5", "aged.max_event_age=1",
+        "leaky.memory=128", "leaky.timeout=60", "aged.retry_delays=1.5", "aged.max_event_age=1",
         f"aged.on_failure={tmp / 'aged.jsonl'}", "idle.idle_timeout=1",
         "envdump.env.EXTRA=from-set",
     ]  # fmt: skip

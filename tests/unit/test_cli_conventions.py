@@ -85,6 +85,7 @@ EXPECTED_CODES = {
     errors.LedgerError: ExitCode.UNREACHABLE,
     errors.InvokeError: ExitCode.UNREACHABLE,
     errors.InvokeThrottled: ExitCode.UNREACHABLE,
+    errors.InvokeUnreachable: ExitCode.UNREACHABLE,
     errors.StackError: ExitCode.UNREACHABLE,
     errors.DeployError: ExitCode.FAILED,
 }

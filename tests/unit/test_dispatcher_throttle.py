@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from courierflow.errors import InvokeError, InvokeThrottled
+from courierflow.errors import InvokeError, InvokeThrottled, InvokeUnreachable
 from courierflow.ledger.base import Ledger, open_ledger
 from courierflow.manager import dispatcher as dispatcher_module
 from courierflow.manager.dispatcher import MAX_INVOKE_ATTEMPTS, Dispatcher, InvokeLimit
@@ -70,7 +70,8 @@ class ListTransport(Transport):
 
 
 class ScriptedLambda:
-    """Answers each order's invokes from a script: "throttle", "error", then accepts."""
+    """Answers each order's invokes from a script: "throttle", "error", "unreachable",
+    then accepts."""
 
     def __init__(self, script: list[str], retry_after_s: float | None = None) -> None:
         self.script = script
@@ -89,6 +90,8 @@ class ScriptedLambda:
             raise InvokeThrottled("TooManyRequestsException: Rate Exceeded.", self.retry_after_s)
         if step == "error":
             raise InvokeError("ServiceException: boom")
+        if step == "unreachable":
+            raise InvokeUnreachable("cannot reach Lambda at http://127.0.0.1:9: refused")
         return f"req-{order_id}-{n}"
 
     async def close(self) -> None:
@@ -150,6 +153,23 @@ def test_throttles_between_real_errors_do_not_use_up_or_extend_the_attempts(
     assert lam.calls["E-1"] == 3 + MAX_INVOKE_ATTEMPTS, "five errors, whatever the throttles"
     assert dispatcher.stats.throttles == 3
     assert dispatcher.stats.invoke_retries == MAX_INVOKE_ATTEMPTS - 1
+
+
+def test_an_endpoint_that_does_not_answer_holds_orders_past_the_attempts_and_loses_none(
+    ledger: Ledger,
+) -> None:
+    # a Lambda service restarting (or an endpoint outage) refuses connections for longer
+    # than the attempts' backoff lasts: the orders wait for it, they are not failed
+    ids = [f"U-{i}" for i in range(20)]
+    transport = ListTransport(ids)
+    outage = MAX_INVOKE_ATTEMPTS * 3
+    lam = ScriptedLambda(["unreachable"] * outage + ["error"])
+    dispatcher = Dispatcher(transport, lam, ledger, "lambda_delivery", max_in_flight=8)  # type: ignore[arg-type]
+    run_until(dispatcher, lambda: transport.settled().get("ack") == len(ids))
+    assert transport.settled() == {"ack": len(ids)}
+    assert dispatcher.stats.dead_lettered == 0
+    assert all(n == outage + 2 for n in lam.calls.values()), "an outage, an error, then accepted"
+    assert ledger.counts()[OrderState.FAILED] == 0
 
 
 def test_a_stopping_manager_requeues_what_is_waiting_out_a_throttle(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from courierflow import faults
 from courierflow.backoff import backoff_delay
-from courierflow.errors import InvokeError, InvokeThrottled
+from courierflow.errors import InvokeError, InvokeThrottled, InvokeUnreachable
 from courierflow.ledger.base import Ledger
 from courierflow.manager.event_invoker import EventInvoker
 from courierflow.orders import Order
@@ -292,12 +292,14 @@ class Dispatcher:
 
     async def _invoke_with_retries(self, order: Order, message: QueuedMessage) -> None:
         """Invoke until Lambda accepts; a failed attempt holds its slot while it backs off,
-        a throttled one gives the slot up and does not count as an attempt."""
+        a throttled one gives the slot up and does not count as an attempt, and neither
+        does an unanswered one (an outage of the endpoint: the order waits for it)."""
         extra = {"order_id": order.order_id}
         payload = order.to_json()
         reason = ""
         attempt = 0
         throttles = 0
+        outages = 0
         limit = self.invoke_limit
         await limit.acquire()
         holding = True
@@ -316,6 +318,12 @@ class Dispatcher:
                         return
                     await limit.acquire()
                     holding = True
+                    continue
+                except InvokeUnreachable as exc:
+                    outages += 1
+                    if not await self._outage_pause(exc, outages, extra):
+                        message.reject(requeue=True)  # shutting down: still unacked, requeue
+                        return
                     continue
                 except InvokeError as exc:
                     reason = str(exc)
@@ -341,6 +349,19 @@ class Dispatcher:
         finally:
             if holding:
                 limit.release()
+
+    async def _outage_pause(
+        self, exc: InvokeUnreachable, outages: int, extra: dict[str, str]
+    ) -> bool:
+        """Wait before trying an unanswered invoke again (the order keeps its slot, so
+        an outage stops new invokes instead of piling them up); False when the manager
+        is stopping."""
+        self.stats.add("invoke_retries")
+        log.warning("Lambda did not answer (order held, try %d): %s", outages, exc, extra=extra)
+        if self.stop_event.is_set():
+            return False
+        await asyncio.sleep(backoff_delay(outages, INVOKE_BACKOFF_BASE_S, INVOKE_BACKOFF_MAX_S))
+        return not self.stop_event.is_set()
 
     async def _throttle_pause(
         self, exc: InvokeThrottled, throttles: int, extra: dict[str, str]

@@ -35,9 +35,10 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as EndpointUnreachable
 
-from courierflow.errors import ConfigError, InvokeError, InvokeThrottled
+from courierflow.errors import ConfigError, InvokeError, InvokeThrottled, InvokeUnreachable
 
 #: seconds to connect and to wait for Lambda's answer
 CONNECT_TIMEOUT_S = 5.0
@@ -205,8 +206,10 @@ class EventInvoker:
                 hint = exc.response.get("retryAfterSeconds") or headers.get("retry-after")
                 raise InvokeThrottled(reason, _seconds(str(hint) if hint else None)) from None
             raise InvokeError(reason) from None
+        except (EndpointUnreachable, HTTPClientError) as exc:  # no answer: an outage
+            raise InvokeUnreachable(f"cannot reach Lambda at {self.endpoint}: {exc}") from None
         except BotoCoreError as exc:
-            raise InvokeError(f"cannot reach Lambda at {self.endpoint}: {exc}") from None
+            raise InvokeError(f"Lambda invoke failed at {self.endpoint}: {exc}") from None
         return str(answer.get("ResponseMetadata", {}).get("RequestId", ""))
 
     async def _post(
@@ -232,7 +235,9 @@ class EventInvoker:
                     conn.close()
                 if reused and attempt == 1:  # the server closed an idle keep-alive connection
                     continue
-                raise InvokeError(f"cannot reach Lambda at {self.endpoint}: {exc!r}") from None
+                raise InvokeUnreachable(
+                    f"cannot reach Lambda at {self.endpoint}: {exc!r}"
+                ) from None
             if conn.reusable and len(self._idle) < self.max_connections:
                 self._idle.append(conn)
             else:
