@@ -16,7 +16,8 @@ import pytest
 from courierflow.errors import InvokeError, InvokeThrottled, InvokeUnreachable
 from courierflow.ledger.base import Ledger, open_ledger
 from courierflow.manager import dispatcher as dispatcher_module
-from courierflow.manager.dispatcher import MAX_INVOKE_ATTEMPTS, Dispatcher, InvokeLimit
+from courierflow.manager.dispatcher import MAX_INVOKE_ATTEMPTS, Dispatcher
+from courierflow.manager.invoke_limit import InvokeLimit
 from courierflow.orders import Order, OrderState
 from courierflow.transports.base import DeadLetter, QueuedMessage, Transport
 
