@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 
 # check: lint, types, the import layers and the unit tests; no services, no sudo, a minute
 check: $(STAMP) lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider -m unit tests/unit
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 -m unit tests/unit
 
 # test: everything, two test files at a time (most tests wait on real services more than
 # they compute; each worker starts its own RabbitMQ and moto)
