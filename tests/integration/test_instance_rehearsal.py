@@ -149,7 +149,7 @@ def test_user_data_installs_the_wheel_and_the_manager_runs_from_its_unit(
     Path(env["COURIERFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     env = {**env, **INSTANCE_CREDENTIALS, **_endpoints(account["url"])}
     manager = subprocess.Popen(
-        argv, env=env, cwd=env["COURIERFLOW_HOME"],
+        argv, env=env, cwd=env["COURIERFLOW_HOME"], start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
