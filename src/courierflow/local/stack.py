@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import boto3
 import pika
 import pika.exceptions
 
@@ -354,9 +353,8 @@ def restart(home: Path, name: str) -> int:
 
 
 def local_client(service: Literal["s3", "sqs"], endpoint: str) -> Any:
-    """A boto3 client for one of the local stand-ins."""
-    make: Any = boto3.client
-    return make(service, endpoint_url=endpoint, region_name=DEFAULT_REGION, **LOCAL_CREDENTIALS)
+    """A boto3 client for one of the local stand-ins (see ``Settings.aws_client``)."""
+    return Settings(local_aws_url=endpoint).aws_client(service)
 
 
 def _create_aws_resources(moto_url: str) -> tuple[str, str]:
