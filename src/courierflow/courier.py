@@ -52,7 +52,9 @@ class Courier:
             return {"order_id": order_id, "status": "duplicate", "reason": claim.value}
         delay = (self.rng or random).randint(self.settings.delay_min, self.settings.delay_max)
         started = self.clock()
-        log.info("courier on the road for %d s", delay, extra=extra)
+        # DEBUG: one INFO line per delivery ("delivered in"), which carries the delay too;
+        # a second line per order was a tenth of a short delivery's CPU (docs/performance.md)
+        log.debug("courier on the road for %d s", delay, extra=extra)
         self.sleep(delay * self.settings.time_scale)
         if self._injected_failure(order_id):
             reason = "injected failure (COURIERFLOW_FAIL_RATE)"

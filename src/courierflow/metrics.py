@@ -13,6 +13,7 @@ metric a top-level number. Locally the same lines land in the function's log.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -26,6 +27,8 @@ NAMESPACE = "courierflow"
 #: the specification's limits: dimension keys in a dimension set, metrics in a directive
 MAX_DIMENSIONS = 30
 MAX_METRICS = 100
+#: one encoder for every record (``json.dumps`` with options builds one per call)
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 class Metric(StrEnum):
@@ -62,36 +65,24 @@ def emf_record(
 ) -> dict[str, Any]:
     """One EMF document: ``metrics`` maps a name to (value, unit), ``dimensions`` a key
     to its value (one dimension set of all of them); ``properties`` are extra top-level
-    members for searching the log (an order id), not metrics.
+    members for searching the log (an order id), not metrics. Records of the same shape
+    share their ``CloudWatchMetrics`` directive: treat a record as read-only.
 
     Raises:
         ValueError: no metrics, more than the specification allows, a value that is not
             a finite number, or one name used twice.
     """
-    if not metrics:
-        raise ValueError("an EMF record needs at least one metric")
-    if len(metrics) > MAX_METRICS or len(dimensions) > MAX_DIMENSIONS:
-        raise ValueError(
-            f"{len(metrics)} metrics and {len(dimensions)} dimensions: "
-            f"at most {MAX_METRICS} and {MAX_DIMENSIONS}"
-        )
     extra = dict(properties or {})
-    names = [*map(str, metrics), *map(str, dimensions), *extra]
-    if len(set(names)) != len(names) or "_aws" in names:
-        raise ValueError(f"a member named twice among {names}")
+    directive = _directive(
+        namespace,
+        tuple(map(str, dimensions)),
+        tuple((str(name), str(unit)) for name, (_, unit) in metrics.items()),
+        tuple(extra),
+    )
     doc: dict[str, Any] = {
         "_aws": {
             "Timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
-            "CloudWatchMetrics": [
-                {
-                    "Namespace": namespace,
-                    "Dimensions": [[str(key) for key in dimensions]],
-                    "Metrics": [
-                        {"Name": str(name), "Unit": str(unit)}
-                        for name, (_, unit) in metrics.items()
-                    ],
-                }
-            ],
+            "CloudWatchMetrics": directive,
         },
     }
     for key, dimension in dimensions.items():
@@ -102,6 +93,34 @@ def emf_record(
         doc[str(name)] = number
     doc.update(extra)
     return doc
+
+
+@functools.lru_cache(maxsize=64)
+def _directive(
+    namespace: str,
+    dimensions: tuple[str, ...],
+    metrics: tuple[tuple[str, str], ...],
+    properties: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """The ``CloudWatchMetrics`` member for records of one shape, checked once: a
+    function emits the same few shapes all its life."""
+    if not metrics:
+        raise ValueError("an EMF record needs at least one metric")
+    if len(metrics) > MAX_METRICS or len(dimensions) > MAX_DIMENSIONS:
+        raise ValueError(
+            f"{len(metrics)} metrics and {len(dimensions)} dimensions: "
+            f"at most {MAX_METRICS} and {MAX_DIMENSIONS}"
+        )
+    names = [*(name for name, _ in metrics), *dimensions, *properties]
+    if len(set(names)) != len(names) or "_aws" in names:
+        raise ValueError(f"a member named twice among {names}")
+    return [
+        {
+            "Namespace": namespace,
+            "Dimensions": [list(dimensions)],
+            "Metrics": [{"Name": name, "Unit": unit} for name, unit in metrics],
+        }
+    ]
 
 
 def emit(
@@ -123,7 +142,7 @@ def emit(
         properties=properties,
         timestamp_ms=int(clock() * 1000),
     )
-    line = json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":"))
+    line = _ENCODER.encode(doc)
     out = stream or sys.stdout
     out.write(line + "\n")
     out.flush()

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+#: one encoder for every message (``json.dumps`` with options builds one per call)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 class OrderState(str, Enum):
     """Where an order is in its life; the ledger stores the value."""
@@ -66,7 +69,7 @@ class Order:
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_message(), separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(self.to_message()).encode()
 
     @classmethod
     def from_message(cls, body: bytes | str | dict[str, Any]) -> Order:

@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -227,10 +227,13 @@ def test_handler_log_lines_have_exactly_powertools_keys_and_values(tmp_path: Pat
     assert set(by_request) == {"req-1", "req-2", "req-3"}
 
     delivered = by_request["req-1"]
-    assert [r["message"] for r in delivered] == ["courier on the road for 2 s", "delivered in 2 s"]
+    # one INFO line per delivery; the trip's start only at DEBUG
+    assert [(r["level"], r["message"]) for r in delivered] == [
+        ("DEBUG", "courier on the road for 2 s"),
+        ("INFO", "delivered in 2 s"),
+    ]
     for record in delivered:
         assert set(record) == BASE_KEYS | CONTEXT_KEYS | {"xray_trace_id", "order_id", "request_id"}
-        assert record["level"] == "INFO"
         assert re.fullmatch(r"deliver:\d+", record["location"])
         assert TIMESTAMP.fullmatch(record["timestamp"])
         age = datetime.now().astimezone() - datetime.fromisoformat(record["timestamp"])
@@ -365,3 +368,11 @@ def test_an_exception_is_logged_with_its_name_and_traceback() -> None:
     assert set(doc) == BASE_KEYS | {"exception", "exception_name"}
     assert doc["exception_name"] == "KeyError" and "Traceback" in doc["exception"]
     assert (doc["message"], doc["location"], doc["service"]) == ("failed ORD-1", "handler:7", "svc")
+
+
+def test_timestamps_are_rfc3339_milliseconds_as_datetime_writes_them() -> None:
+    """The per-second cache writes what ``datetime.isoformat`` would, across seconds."""
+    cache = logs._Seconds()
+    for created in (0.0, 1.0004, 1.9999, 2.5, 1_764_000_000.123456, 1_764_000_000.9996, 59.0):
+        expected = datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="milliseconds")
+        assert cache.timestamp(created) == expected

@@ -11,10 +11,12 @@ if TYPE_CHECKING:  # the environment side must not import asyncio: it stays smal
     import asyncio
 
 _HEADER = struct.Struct("!I")
+#: one encoder for every frame (``json.dumps`` with options builds one per call)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode(doc: dict[str, Any]) -> bytes:
-    body = json.dumps(doc, separators=(",", ":")).encode()
+    body = _ENCODER.encode(doc).encode()
     return _HEADER.pack(len(body)) + body
 
 
