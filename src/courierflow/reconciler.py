@@ -14,12 +14,28 @@ the first. So a dispatched order is stuck only once the event age and the ordina
 deadline have passed since its last change, or, sooner, when it was accepted before the
 holder of events began (``held_since``: the local Lambda service keeps its queue in
 memory, so a restarted service holds nothing accepted before its start).
+
+A queued order is the broker's in the same way: its message waits behind every message
+published before it, and with a million orders in the queue that wait is far longer than
+any deadline fit to notice a lost message. Re-dispatching it then only makes a second
+invoke (the delivery's claim lets one of the two through). So each pass first asks how
+many messages the queue holds (``queue_backlog``). While it holds any, a queued order is
+stuck only after the long bound of a dispatched one: a lost message is still caught, only
+later. An empty queue has handed every message out, but the last ones may still be in a
+consumer's hands, unacked, for a while: a RabbitMQ passive declare does not count them,
+and SQS's counts are approximate. So the queue's emptying counts as a change of every
+queued order: it is stuck after the deadline from the later of its own last change and
+the first pass that found the queue empty after one that found messages (a reconciler
+that has not seen the queue hold any, just started, takes an empty queue at its word).
+When the backlog is unknown (no probe, or it failed) a queued order is stuck after the
+deadline, as before: a wasted invoke is cheaper than an order that never arrives.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,19 +77,30 @@ class Reconciler:
     #: since when the holder of accepted events holds every one it accepted (None:
     #: unknown, or always, as on AWS); an order dispatched before is held by nobody
     held_since: Callable[[], float | None] = lambda: None
+    #: how many messages the order queue holds, counting those handed out and not yet
+    #: acked where the transport can tell (None: unknown); see the module's doc
+    queue_backlog: Callable[[], int | None] = lambda: None
     sqs: Any = None
     failure_queue_url: str = ""
     clock: Callable[[], float] = time.time
     _redispatches: dict[str, int] = field(default_factory=dict)
+    #: when the first pass ran that found the order queue empty after one found messages
+    #: (None: the last pass that could tell found messages; minus infinity: none has)
+    _empty_since: float | None = -math.inf
+    #: the last pass could not tell the backlog (logged once, when it stops knowing)
+    _backlog_unknown: bool = False
 
     def run_once(self) -> ReconcileReport:
         report = ReconcileReport()
         if self.sqs is not None and self.failure_queue_url:
             report.failed = self._read_failures()
         now = self.clock()
-        stuck = self.ledger.stuck(
-            (OrderState.QUEUED, OrderState.DELIVERING), now - self.stuck_after_s
-        )
+        deadline = now - self.stuck_after_s
+        if self._queue_emptied(now):
+            stuck = self.ledger.stuck((OrderState.QUEUED, OrderState.DELIVERING), deadline)
+        else:  # the queue still holds its orders: the long bound (see the module's doc)
+            stuck = self.ledger.stuck((OrderState.DELIVERING,), deadline)
+            stuck += self.ledger.stuck((OrderState.QUEUED,), deadline - self.dispatched_after_s)
         stuck += self._dispatched_and_lost(now)
         for record in stuck:
             if record.state is OrderState.DELIVERING and (record.claim_expires_at or 0) > now:
@@ -111,6 +138,42 @@ class Reconciler:
         if report.redispatched:
             self.ledger.touch(report.redispatched, now)
         return report
+
+    def _queue_emptied(self, now: float) -> bool:
+        """True when a queued order is stuck after the ordinary deadline: the order queue
+        has been found empty for that long since a pass last found messages in it (or
+        none has), or its backlog is unknown. A pass that cannot tell changes nothing of
+        what the others found."""
+        backlog = self._backlog()
+        if backlog is None:
+            return True
+        if backlog > 0:
+            self._empty_since = None
+            return False
+        if self._empty_since is None:
+            self._empty_since = now
+        return self._empty_since <= now - self.stuck_after_s
+
+    def _backlog(self) -> int | None:
+        """The order queue's backlog, or None when the probe cannot tell (logged once at
+        info when it stops telling, not on every pass of an outage)."""
+        try:
+            backlog = self.queue_backlog()
+            why = "no answer"
+        except Exception as exc:  # whatever the probe raises, the pass goes on without it
+            backlog, why = None, str(exc)
+        if backlog is not None:
+            self._backlog_unknown = False
+            return backlog
+        if not self._backlog_unknown:
+            log.info(
+                "the order queue's backlog is unknown (%s): a queued order is stuck after "
+                "%.0f s, as if the queue were empty",
+                why,
+                self.stuck_after_s,
+            )
+        self._backlog_unknown = True
+        return None
 
     def _dispatched_and_lost(self, now: float) -> list[OrderRecord]:
         """Dispatched orders no event stands for any more: past the event age (and the

@@ -45,6 +45,9 @@ def reconcile_once(service: Service, ledger_path: Path, home: Path) -> str:
         "COURIERFLOW_LEDGER_URL": f"sqlite:///{ledger_path}",
         "COURIERFLOW_DELIVERY_FUNCTION": "held",
         "COURIERFLOW_HOME": str(home),
+        # no broker here (these orders are dispatched, not queued): the queue's backlog is
+        # unknown, and no broker that happens to listen on 5672 is asked
+        "COURIERFLOW_QUEUE_URL": "amqp://guest:guest@127.0.0.1:9/%2F",
     }
     done = subprocess.run(
         [sys.executable, "-m", "courierflow.cli", "reconcile", "--every", "0",

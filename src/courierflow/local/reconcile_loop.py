@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import boto3
 
 from courierflow.config import Settings
+from courierflow.dead_letters import open_queue
+from courierflow.errors import ConfigError
 from courierflow.ledger.base import open_ledger
 from courierflow.reconciler import Reconciler
 
@@ -29,8 +31,9 @@ def build_reconciler(
 ) -> Reconciler:
     """The reconciler of ``settings``: it waits the delivery function's event age
     (``settings.dispatched_stuck_after_s``, the local service's own default unless set)
-    before calling a dispatched order stuck, and asks a local Lambda service since when
-    it holds events, so that what a restart lost is caught after ``stuck_after_s``."""
+    before calling a dispatched order stuck, asks a local Lambda service since when
+    it holds events, so that what a restart lost is caught after ``stuck_after_s``, and
+    asks the order queue what it still holds before calling a queued order stuck."""
     lambda_client = lambda_client or boto3.client("lambda", region_name=settings.region)
     return Reconciler(
         ledger=open_ledger(settings.ledger_url, settings.region),
@@ -39,6 +42,7 @@ def build_reconciler(
         stuck_after_s=stuck_after_s,
         dispatched_after_s=settings.dispatched_stuck_after_s,
         held_since=local_service_start(lambda_client.meta.endpoint_url),
+        queue_backlog=queue_backlog(settings),
         sqs=boto3.client("sqs", region_name=settings.region) if failure_queue else None,
         failure_queue_url=failure_queue,
     )
@@ -61,6 +65,22 @@ def local_service_start(endpoint: str) -> Callable[[], float | None]:
         return float(value) if isinstance(value, int | float) else None
 
     return started_at
+
+
+def queue_backlog(settings: Settings) -> Callable[[], int | None]:
+    """A probe of the messages the order queue of ``settings`` holds, on one transport
+    for every pass. Nothing is left open between passes to go stale: SQS's client keeps
+    its HTTP connections and opens new ones after a failure, and RabbitMQ's count opens
+    a connection for its one passive declare (one held idle between passes would miss
+    its heartbeats). A pass that cannot reach the queue raises ``TransportError``; the
+    reconciler takes that as unknown, and the next pass tries again. Unknown too
+    (None) when the settings name no queue a transport knows."""
+    try:
+        transport = open_queue(settings)
+    except ConfigError as exc:
+        log.warning("cannot read the order queue, queued orders are judged by age: %s", exc)
+        return lambda: None
+    return transport.backlog
 
 
 def run_loop(settings: Settings, every_s: float, stuck_after_s: float, failure_queue: str) -> None:

@@ -80,6 +80,18 @@ class Transport(ABC):
     def depth(self) -> int:
         """Messages ready in the queue (not counting those handed out and unacked)."""
 
+    def backlog(self) -> int:
+        """Messages the queue still holds for its consumers: the ready ones and, where
+        the broker counts them in the same call, those handed out and not yet settled.
+        The reconciler leaves queued orders alone while there are any. By default the
+        ready ones alone (a RabbitMQ passive declare counts nothing else): the
+        reconciler allows for the unsettled ones it cannot see (``courierflow.reconciler``).
+
+        Raises:
+            TransportError: the queue cannot be reached.
+        """
+        return self.depth()
+
     @abstractmethod
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         """Look at dead-lettered messages without removing them."""

@@ -64,6 +64,10 @@ VISIBILITY_TIMEOUT_S = 60
 RECEIVERS = 4
 #: seconds an ack waits for others to share its DeleteMessageBatch call
 DELETE_LINGER_S = 0.05
+#: the queue's counts of messages ready, received and not yet deleted, and delayed
+READY = "ApproximateNumberOfMessages"
+IN_FLIGHT = "ApproximateNumberOfMessagesNotVisible"
+DELAYED = "ApproximateNumberOfMessagesDelayed"
 
 
 def _aws(exc: Exception) -> str:
@@ -333,14 +337,22 @@ class SQSTransport(Transport):
     # --- inspection and dead letters ---------------------------------------------------
 
     def depth(self) -> int:
+        return self._count(READY)
+
+    def backlog(self) -> int:
+        """Ready messages, those received and not yet deleted (a consumer holds them, or
+        a requeued one waits out its visibility timeout) and delayed ones: SQS counts
+        all three in one call."""
+        return self._count(READY, IN_FLIGHT, DELAYED)
+
+    def _count(self, *attributes: str) -> int:
+        """The sum of the queue's ``attributes`` (approximate, as SQS keeps them)."""
         url, _ = self._urls()
         try:
-            attrs = self._client.get_queue_attributes(
-                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-            )["Attributes"]
+            got = self._client.get_queue_attributes(QueueUrl=url, AttributeNames=list(attributes))
         except (ClientError, BotoCoreError) as exc:
             raise TransportError(f"cannot read the depth of {self.name}: {_aws(exc)}") from None
-        return int(attrs["ApproximateNumberOfMessages"])
+        return sum(int(got["Attributes"].get(name, 0)) for name in attributes)
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         _, dlq_url = self._urls()
