@@ -6,9 +6,12 @@ every order is delivered.
 
 Reports delivered, lost, duplicate invokes (the Lambda service's accepted Event invokes
 of the delivery beyond one per order, and the attempts the ledger's claim skipped), wall
-time, and the CPU seconds and peak RSS of every process of the stack. The stack runs on a
-RabbitMQ node of its own, under a scratch folder, and is stopped at the end whatever
-happens. Writes bench/results/million.json (``--out`` elsewhere).
+time, and the CPU seconds and peak RSS of every process of the stack. The live dashboard
+is watched throughout as an open page watches it (its event stream, one snapshot a
+second), and ``/api/snapshot`` is timed every few seconds as the ledger grows: the
+dashboard's share of a core and the snapshot's latency are reported with the rest. The
+stack runs on a RabbitMQ node of its own, under a scratch folder, and is stopped at the
+end whatever happens. Writes bench/results/million.json (``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,70 @@ TIME_SCALE = 0.01
 STALL_S = 300
 #: the goal for the publisher's peak RSS, MB
 PUBLISHER_RSS_GOAL_MB = 100
+#: seconds between timed /api/snapshot calls while the run goes on
+SNAPSHOT_EVERY_S = 5.0
+
+
+class PageStandIn:
+    """What an open dashboard tab costs the stack: the page's event stream, read to the
+    end of the run, and a timed ``/api/snapshot`` every ``SNAPSHOT_EVERY_S`` (latencies
+    in milliseconds, in the order taken)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.events = 0
+        self.latencies_ms: list[float] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._stream, daemon=True),
+            threading.Thread(target=self._time_snapshots, daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        ordered = sorted(self.latencies_ms)
+
+        def at(share: float) -> float | None:
+            return (
+                round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 2)
+                if ordered
+                else None
+            )
+
+        return {
+            "events_received": self.events,
+            "snapshots_timed": len(ordered),
+            "snapshot_ms_p50": at(0.5),
+            "snapshot_ms_p99": at(0.99),
+            "snapshot_ms_max": round(ordered[-1], 2) if ordered else None,
+            "snapshot_ms_last_10": [round(v, 2) for v in self.latencies_ms[-10:]],
+        }
+
+    def _stream(self) -> None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/events", timeout=30) as stream:
+                for line in stream:
+                    if self._stop.is_set():
+                        return
+                    if line.startswith(b"data:"):
+                        self.events += 1
+        except OSError as exc:
+            print(f"dashboard stream ended: {exc}")
+
+    def _time_snapshots(self) -> None:
+        while not self._stop.wait(SNAPSHOT_EVERY_S):
+            began = time.perf_counter()
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/snapshot", timeout=30) as answer:
+                    answer.read()
+            except OSError as exc:
+                print(f"snapshot failed: {exc}")
+                continue
+            self.latencies_ms.append((time.perf_counter() - began) * 1000)
 
 
 def _courierflow() -> list[str]:
@@ -65,6 +134,7 @@ def run(rows: int, fleet: int, time_scale: float, work: Path) -> dict[str, Any]:
         info = stack.load(home)
         assert info is not None
         sampler = our_sampler(info, broker_processes(info.amqp_url, info.pids.get("rabbitmq", 0)))
+        page = PageStandIn(info.dashboard_url) if info.dashboard_url else None
         if "dashboard" in info.pids:
             sampler.roles["dashboard"] = tree(info.pids["dashboard"])
         submit = [*_courierflow(), "submit", str(path), "--output", "json"]
@@ -74,9 +144,12 @@ def run(rows: int, fleet: int, time_scale: float, work: Path) -> dict[str, Any]:
             proc = subprocess.Popen(submit, env=env, stdout=log, stderr=subprocess.STDOUT)
             sampler.roles["submit (upload, follow)"] = tree(proc.pid)
             sampler.start()
+            if page:
+                page.start()
             code = proc.wait()
         wall = time.time() - began
         cpu = sampler.stop()
+        dashboard = page.stop() if page else {}
         health = lambda_health(info.lambda_url)["functions"][stack.DELIVERY]
     finally:
         subprocess.run([*_courierflow(), "down"], env=env, check=False, timeout=300)
@@ -102,6 +175,10 @@ def run(rows: int, fleet: int, time_scale: float, work: Path) -> dict[str, Any]:
         "cpu_ms_per_order": per_order_ms(cpu, rows),
         "publisher_rss_mb": cpu["roles"]["publisher"]["rss_mb"],
         "publisher_rss_goal_met": cpu["roles"]["publisher"]["rss_mb"] < PUBLISHER_RSS_GOAL_MB,
+        "dashboard_page": dashboard,
+        "dashboard_core_share": round(cpu["roles"]["dashboard"]["cpu_s"] / wall, 4)
+        if "dashboard" in cpu["roles"]
+        else None,
     }
 
 
