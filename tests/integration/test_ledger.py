@@ -313,6 +313,29 @@ def test_counts_and_activity_are_what_the_orders_say(ledger: Ledger) -> None:
     assert everything.waiting == 7  # A8-A11, B1, B2, C0: never started (A6, A7 had)
 
 
+def test_the_streamed_orders_and_trip_events_give_the_summary_of_every_record(
+    ledger: Ledger,
+) -> None:
+    """Each backend streams a file's orders and its trips' events in time order; the
+    summary made from them is the one made from every record held in a list."""
+    from courierflow.ledger.trips import trip_events
+    from courierflow.report.summary import summarize, summarize_ledger
+
+    _run_through_every_transition(ledger)
+    records = ledger.orders()
+    for source in (None, "s3://b/one.csv", "s3://b/two.csv"):
+        mine = [r for r in records if source is None or r.source == source]
+        streamed = sorted(ledger.iter_orders(source), key=lambda r: r.order_id)
+        assert streamed == mine, source
+        assert list(ledger.trip_events(source)) == list(trip_events(mine)), source
+        if source is not None:
+            summary = summarize_ledger(ledger, None, source, 100.0)
+            assert summary == summarize(None, mine, 100.0), source
+    one = summarize_ledger(ledger, None, "s3://b/one.csv", 100.0)
+    assert (one.delivered, one.failed, one.lost, one.duplicates) == (6, 0, 5, 1)
+    assert one.peak_concurrency == 2 and one.makespan_s == 8.2
+
+
 def test_counts_follow_a_race_that_loses(ledger: Ledger) -> None:
     """A change whose condition fails (someone got there first) counts nothing."""
     ledger.add_queued(["A"], "s", 0.0)

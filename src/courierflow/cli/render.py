@@ -150,7 +150,7 @@ def run_summary(s: RunSummary, rejects: list[tuple[int, str]], output: Output) -
         stderr.print(f"[yellow]note:[/yellow] {escape(s.note)}", soft_wrap=True)
     _print_first(
         [f"[red]failed[/red] {escape(order)}: {escape(why)}" for order, why in s.failures],
-        len(s.failures),
+        len(s.failures) + s.failures_not_listed,
         "failed orders (courierflow status)",
     )
     if s.lost_orders:

@@ -8,10 +8,11 @@ embedded default; the DynamoDB backend is what runs on AWS.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from courierflow.ledger import trips
 from courierflow.ledger.activity import Activity, activity_of
 from courierflow.orders import OrderState
 
@@ -261,13 +262,28 @@ class Ledger(ABC):
     def stuck(self, states: Iterable[OrderState], older_than: float) -> list[OrderRecord]:
         """Orders in one of ``states`` whose last change is older than ``older_than``."""
 
+    def iter_orders(self, source: str | None = None) -> Iterator[OrderRecord]:
+        """All orders, or those of one file, in no set order: what a pass over every order
+        reads (the run's summary, report.html). Backends read them a page at a time, so
+        the pass holds a page however many orders there are; this default reads them
+        all first."""
+        return iter(self.orders(source))
+
+    def trip_events(self, source: str | None = None) -> Iterator[tuple[float, int]]:
+        """The start and end of every delivered trip (of one file), in time order: what
+        the peak concurrency is swept from (see :mod:`courierflow.ledger.trips`). This
+        default (DynamoDB's: it cannot sort by an attribute) makes a pass of
+        :meth:`iter_orders` of its own and sorts the times in memory, 16 bytes a trip;
+        the SQLite backend sorts them in SQL."""
+        return trips.trip_events(self.iter_orders(source))
+
     def counts(self, source: str | None = None) -> dict[OrderState, int]:
         """Number of orders per state (every state present, zeros included).
 
         Backends keep these as running figures, so a poll costs the same however many
         orders the ledger holds (this default reads every order)."""
         result = dict.fromkeys(OrderState, 0)
-        for record in self.orders(source):
+        for record in self.iter_orders(source):
             result[record.state] += 1
         return result
 
@@ -279,9 +295,10 @@ class Ledger(ABC):
         return activity_of(self.orders(source), now, window_s, latest)
 
     def in_state(self, state: OrderState) -> list[OrderRecord]:
-        """The orders in ``state`` (``status`` lists the failed ones); backends read
-        only those orders."""
-        return [r for r in self.orders() if r.state is state]
+        """The orders in ``state`` (``status`` lists the failed ones). The SQLite backend
+        reads only those orders (its state index); this default passes over every order
+        and keeps only those."""
+        return [r for r in self.iter_orders() if r.state is state]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

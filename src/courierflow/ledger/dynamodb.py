@@ -22,7 +22,7 @@ in it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import boto3
@@ -276,12 +276,12 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
         return _order(item) if item else None
 
     def orders(self, source: str | None = None) -> list[OrderRecord]:
-        found = [
-            _order(i)
-            for i in self._items.scan("ORDER#")
-            if source is None or i.get("source") == source
-        ]
-        return sorted(found, key=lambda r: r.order_id)
+        return sorted(self.iter_orders(source), key=lambda r: r.order_id)
+
+    def iter_orders(self, source: str | None = None) -> Iterator[OrderRecord]:
+        """A Scan, page after page (the source filtered by DynamoDB)."""
+        matching = None if source is None else {"source": source}
+        return map(_order, self._items.scan("ORDER#", matching))
 
     def counts(self, source: str | None = None) -> dict[OrderState, int]:
         """From the counter items: no Scan (see :mod:`courierflow.ledger.dynamodb_counts`)."""

@@ -154,12 +154,23 @@ class Table:
             f"{MAX_BATCH_ATTEMPTS} BatchWriteItem calls (throttled)"
         )
 
-    def scan(self, prefix: str) -> Iterator[dict[str, Any]]:
-        """Every item whose key starts with ``prefix``, page after page."""
+    def scan(
+        self, prefix: str, matching: Mapping[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every item whose key starts with ``prefix`` (and whose attributes equal
+        ``matching``'s values, filtered by DynamoDB), page after page: a page is held
+        at a time."""
+        tests = ["begins_with(pk, :p)"]
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":p": prefix}
+        for i, (name, value) in enumerate((matching or {}).items()):
+            tests.append(f"#m{i} = :m{i}")  # names as placeholders: `source` is reserved
+            names[f"#m{i}"], values[f":m{i}"] = name, value
         pages = self.client.get_paginator("scan").paginate(
             TableName=self.name,
-            FilterExpression="begins_with(pk, :p)",
-            ExpressionAttributeValues=serialise({":p": prefix}),
+            FilterExpression=" AND ".join(tests),
+            ExpressionAttributeValues=serialise(values),
+            **({"ExpressionAttributeNames": names} if names else {}),
         )
         try:
             for page in pages:

@@ -9,7 +9,7 @@ are :class:`courierflow.ledger.sqlite_file.SQLiteFile`'s.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from courierflow.ledger.activity import WAITING_STATES, Activity, latest_changes, second_of
@@ -25,6 +25,7 @@ from courierflow.ledger.base import (
     OrderRecord,
 )
 from courierflow.ledger.sqlite_file import SQLiteFile
+from courierflow.ledger.trips import END, START, TRIP_STATE
 from courierflow.orders import OrderState
 
 _FILE_COLUMNS = (
@@ -60,6 +61,11 @@ _CLAIMABLE = (
 )
 _DISPATCHABLE = f"orders.state IN {_one_of(DISPATCHABLE_STATES)}"
 _NOT_KEPT = f"orders.state != :{KEPT_STATE.value}"
+# A whole trip (ledger.trips.is_trip): delivered, with a start and a non-zero end.
+_TRIP = (
+    f"state = :{TRIP_STATE.value} AND started_at IS NOT NULL"
+    " AND finished_at IS NOT NULL AND finished_at != 0"
+)
 
 
 class SQLiteLedger(SQLiteFile, Ledger):
@@ -275,6 +281,24 @@ class SQLiteLedger(SQLiteFile, Ledger):
                 (source,),
             )
         return [_order(row) for row in rows]
+
+    def iter_orders(self, source: str | None = None) -> Iterator[OrderRecord]:
+        """From one cursor, a page at a time (the source index when one file is asked)."""
+        where, params = ("", ()) if source is None else (" WHERE source = ?", (source,))
+        for rows in self._stream(f"SELECT {_ORDER_COLUMNS} FROM orders{where}", params):
+            yield from map(_order, rows)
+
+    def trip_events(self, source: str | None = None) -> Iterator[tuple[float, int]]:
+        """Sorted by SQLite (its sorter spills to temporary files past its cache), streamed
+        a page at a time."""
+        trip = _TRIP + ("" if source is None else " AND source = :src")
+        sql = (
+            f"SELECT started_at, :start FROM orders WHERE {trip}"
+            f" UNION ALL SELECT finished_at, :end FROM orders WHERE {trip} ORDER BY 1, 2"
+        )
+        params: dict[str, object] = {"start": START, "end": END, "src": source, **_STATES}
+        for rows in self._stream(sql, params):
+            yield from rows
 
     def counts(self, source: str | None = None) -> dict[OrderState, int]:
         """Read from the running counts, never from the orders."""

@@ -34,6 +34,8 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 60_000
 #: pause between tries for the write lock, growing from the first to the last value
 BUSY_RETRY_S = (0.0002, 0.004)
+#: rows a streamed query hands over at a time (see SQLiteFile._stream)
+PAGE_ROWS = 1_000
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -132,6 +134,24 @@ class SQLiteFile:
         conn = self._conn()
         try:  # WAL readers are rarely ever busy, but they can be
             return _when_free(lambda: conn.execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: {exc}") from None
+
+    def _stream(
+        self, sql: str, params: Sequence[object] | dict[str, object] = (), page: int = PAGE_ROWS
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of a query, ``page`` at a time, from one cursor: a pass over a million
+        rows holds one page (a sort in the query spills to SQLite's temporary files).
+        The cursor reads one snapshot of the file, like any single statement; writers go
+        on meanwhile (WAL)."""
+        conn = self._conn()
+        try:
+            cursor = _when_free(lambda: conn.execute(sql, params))
+            try:
+                while rows := cursor.fetchmany(page):
+                    yield rows
+            finally:
+                cursor.close()
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger {self.path}: {exc}") from None
 

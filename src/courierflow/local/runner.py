@@ -16,7 +16,7 @@ from courierflow.ledger.base import FileRecord, FileState, Ledger, open_ledger
 from courierflow.local import stack
 from courierflow.local.stack import StackInfo, StackOptions, local_client
 from courierflow.orders import OrderState
-from courierflow.report.summary import RunSummary, summarize
+from courierflow.report.summary import RunSummary, summarize_ledger
 
 #: seconds between looks at the ledger while following a run
 POLL_S = 0.5
@@ -60,7 +60,8 @@ def follow(
     on_progress: Callable[[Progress], None] = lambda _p: None,
 ) -> RunSummary:
     """Wait until every order of the file is delivered or failed, or nothing moved for
-    ``stall_timeout_s`` (what is left then is reported lost)."""
+    ``stall_timeout_s`` (what is left then is reported lost). Each poll reads the
+    ledger's running counts; the summary streams the orders once at the end."""
     source = f"s3://{bucket}/{key}"
     last_change = time.monotonic()
     last_seen: tuple[object, ...] = ()
@@ -78,7 +79,7 @@ def follow(
         if time.monotonic() - last_change > stall_timeout_s:
             break
         time.sleep(POLL_S)
-    return summarize(ledger.get_file(bucket, key, etag), ledger.orders(source), started_at)
+    return summarize_ledger(ledger, ledger.get_file(bucket, key, etag), source, started_at)
 
 
 def _unwatched(_progress: Progress) -> None:
@@ -167,7 +168,9 @@ def run_file(
             try:
                 out = report_html or base.home / "report.html"
                 source = run.summary.file
-                run.report = write_run_report(ledger, out, source, started_at, plot, run.rejects)
+                run.report = write_run_report(
+                    ledger, out, source, started_at, plot, run.rejects, summary=run.summary
+                )
             finally:
                 ledger.close()
     finally:

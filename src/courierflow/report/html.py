@@ -1,9 +1,10 @@
 """The run report: one self-contained ``report.html`` (inline CSS and SVG, no script, no
 URL) and a timeline PNG, both built from the ledger records of one uploaded file.
 
-The figures come from :func:`courierflow.report.summary.summarize`; the drawings from
-:func:`courierflow.report.aggregate.aggregate_run`, which reads the records' timestamps
-only (queued, started, finished), so the report can be written after the stack is gone.
+The figures come from :func:`courierflow.report.summary.summarize_ledger`; the drawings
+from :func:`courierflow.report.aggregate.aggregate_run`, which reads the records'
+timestamps only (queued, started, finished), so the report can be written after the stack
+is gone. Both stream the ledger's records a page at a time (:class:`LedgerOrders`).
 Past :data:`~courierflow.report.aggregate.DETAIL_LIMIT` deliveries the timeline is drawn
 as a density strip, so the page stays small however large the run. The markup is in
 ``templates/report.html.j2``.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from courierflow.errors import ConfigError
@@ -32,7 +34,7 @@ from courierflow.report.aggregate import (
 from courierflow.report.pages import palette, render
 from courierflow.report.series import time_span
 from courierflow.report.stats import EXACT_SAMPLES, LatencySketch
-from courierflow.report.summary import RunSummary, summarize
+from courierflow.report.summary import RunSummary, summarize_ledger
 
 
 def read_rejects(text: str) -> list[tuple[int, str]]:
@@ -148,22 +150,44 @@ def render_report(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class LedgerOrders(Collection[OrderRecord]):
+    """The orders of one file, read afresh from the ledger a page at a time whenever they
+    are iterated: the report passes over a million orders twice without holding them."""
+
+    ledger: Ledger
+    source: str
+
+    def __iter__(self) -> Iterator[OrderRecord]:
+        return self.ledger.iter_orders(self.source)
+
+    def __len__(self) -> int:
+        return sum(self.ledger.counts(self.source).values())
+
+    def __contains__(self, item: object) -> bool:
+        return any(item == r for r in self)
+
+
 def write_report(
     ledger: Ledger,
     source: str,
     started_at: float | None,
     out: Path,
     rejects: Sequence[tuple[int, str]] = (),
+    summary: RunSummary | None = None,
 ) -> Path:
     """Write ``report.html`` for the orders of ``source`` (``s3://bucket/key``) to ``out``.
 
-    ``started_at`` is when the upload began (None: the first recorded time); returns ``out``.
+    ``started_at`` is when the upload began (None: the first recorded time); ``summary``
+    the run's figures when the caller has them (None: summarised from the ledger). The
+    records are streamed from the ledger for each pass; returns ``out``.
     """
-    records = ledger.orders(source)
-    bucket, _, key = source.removeprefix("s3://").partition("/")
-    file = ledger.get_file(bucket, key) if key else None
+    records = LedgerOrders(ledger, source)
     t0 = started_at if started_at is not None else time_span(records, None)[0]
-    summary = summarize(file, records, t0)
+    if summary is None:
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        file = ledger.get_file(bucket, key) if key else None
+        summary = summarize_ledger(ledger, file, source, t0)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(summary, records, t0, rejects), encoding="utf-8")
     return out

@@ -18,6 +18,7 @@ from courierflow.errors import ConfigError
 from courierflow.ledger.base import Ledger
 from courierflow.rejects import rejects_key
 from courierflow.report.html import plot_timeline, read_rejects, write_report
+from courierflow.report.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def latest_source(ledger: Ledger) -> str:
     """The ``s3://bucket/key`` of the file whose orders were queued last."""
     latest: tuple[float, str] | None = None
-    for record in ledger.orders():
+    for record in ledger.iter_orders():
         if record.source and (latest is None or (record.queued_at or 0.0) > latest[0]):
             latest = (record.queued_at or 0.0, record.source)
     if latest is None:
@@ -63,14 +64,19 @@ def write_run_report(
     plot: Path | None = None,
     rejects: list[tuple[int, str]] | None = None,
     settings: Settings | None = None,
+    summary: RunSummary | None = None,
 ) -> Path:
     """Write ``report.html`` (and the timeline PNG when ``plot`` is given) for ``source``,
     by default the latest file in the ledger; returns the report's path. ``rejects``
-    are fetched from the bucket (reached as ``settings`` say) unless given."""
+    are fetched from the bucket (reached as ``settings`` say) unless given; ``summary``
+    is computed from the ledger unless given (a run passes the one it printed).
+
+    The page streams the ledger's records; the PNG draws one bar per delivery, so it
+    reads them all at once."""
     source = source or latest_source(ledger)
     if rejects is None:
         rejects = fetch_rejects(source, settings)
-    write_report(ledger, source, started_at, out, rejects)
+    write_report(ledger, source, started_at, out, rejects, summary)
     if plot is not None:
         plot_timeline(ledger.orders(source), plot, started_at)
     return out

@@ -22,10 +22,10 @@ SERIES_POINTS = 160
 CHUNK = 16_384
 
 
-def chunks(records: Iterable[OrderRecord]) -> Iterator[list[OrderRecord]]:
-    """``records`` in lists of at most :data:`CHUNK`."""
+def chunks(records: Iterable[OrderRecord], size: int = CHUNK) -> Iterator[list[OrderRecord]]:
+    """``records`` in lists of at most ``size``."""
     it = iter(records)
-    while chunk := list(itertools.islice(it, CHUNK)):
+    while chunk := list(itertools.islice(it, size)):
         yield chunk
 
 

@@ -1,14 +1,32 @@
-"""Run figures computed from the ledger: what `courierflow run` prints and writes."""
+"""Run figures computed from the ledger: what `courierflow run` prints and writes.
+
+From the ledger (:func:`summarize_ledger`) the figures come from one pass over the
+file's orders as the ledger streams them, a chunk at a time, keeping counts, sums, the
+latest delivery and the first :data:`LISTED_ORDERS` failed and lost orders, and from a
+sweep over the trips' start and end events in time order, which keeps one number. The
+SQLite ledger sorts those events in SQL, so a million orders are summed in the memory of
+one chunk; DynamoDB cannot sort by an attribute, so its trips' times are sorted here
+(16 bytes a trip, :mod:`courierflow.ledger.trips`).
+"""
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Sequence
+import itertools
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from courierflow.ledger.base import FileRecord, OrderRecord
+from courierflow.ledger.base import FileRecord, Ledger, OrderRecord
+from courierflow.ledger.trips import trip_events
 from courierflow.orders import OrderState
+from courierflow.report.series import chunks
+from courierflow.report.stats import Smallest
+
+#: failed and lost orders a summary names one by one, the first by order id; the others
+#: are counted (``failures_not_listed``, ``lost_orders_not_listed``)
+LISTED_ORDERS = 1_000
+#: records summed at a time (about 1 KB each as Python objects)
+SUMMARY_CHUNK = 2_048
 
 
 @dataclass
@@ -30,10 +48,14 @@ class RunSummary:
     refused: str = ""
     #: set when the upload repeated content already processed (nothing published again)
     note: str = ""
-    #: (order id, reason) of every failed order
+    #: (order id, reason) of the failed orders, the first LISTED_ORDERS by order id
     failures: list[tuple[str, str]] = field(default_factory=list)
-    #: ids of the orders that did not finish (the ``lost`` ones)
+    #: ids of the orders that did not finish (the ``lost`` ones), the first LISTED_ORDERS
     lost_orders: list[str] = field(default_factory=list)
+    #: failed orders beyond those in ``failures``
+    failures_not_listed: int = 0
+    #: lost orders beyond those in ``lost_orders``
+    lost_orders_not_listed: int = 0
 
     def labelled(self, *, lab: bool = False) -> list[tuple[str, object]]:
         """The summary's lines as (label, value) for a table; ``lab``: only what a lab's
@@ -58,49 +80,92 @@ class RunSummary:
         return asdict(self)
 
 
-def peak_concurrency(records: Sequence[OrderRecord]) -> int:
-    """Most deliveries on the road at the same instant: at each start (in order), the trips
-    started so far minus those ended by then (an end at the same instant comes first)."""
-    done = [
-        r
-        for r in records
-        if r.state is OrderState.DELIVERED and r.started_at is not None and r.finished_at
-    ]
-    starts = sorted(r.started_at or 0.0 for r in done)
-    ends = sorted(r.finished_at or 0.0 for r in done)
-    peak = ended = 0
-    for started, at in enumerate(starts, 1):
-        ended = bisect.bisect_right(ends, at, ended)
-        peak = max(peak, started - ended)
-    return peak
+def peak_in_flight(events: Iterable[tuple[float, int]]) -> int:
+    """Most deliveries on the road at the same instant, swept over their start (+1) and
+    end (-1) events in time order (an end before a start at the same instant)."""
+    return max(0, max(itertools.accumulate(change for _at, change in events), default=0))
 
 
-def summarize(
-    file: FileRecord | None, records: Sequence[OrderRecord], started_at: float
+def peak_concurrency(records: Iterable[OrderRecord]) -> int:
+    """Most deliveries on the road at the same instant among ``records``: their trips'
+    events sorted in memory, then swept (:func:`peak_in_flight`)."""
+    return peak_in_flight(trip_events(records))
+
+
+@dataclass
+class _Totals:
+    """What one pass over a file's orders keeps: counts, sums, the latest delivery and
+    the first failed and lost orders by order id."""
+
+    counts: dict[OrderState, int] = field(default_factory=lambda: dict.fromkeys(OrderState, 0))
+    duplicates: int = 0
+    last_delivered_at: float = 0.0
+    failures: Smallest[tuple[str, str]] = field(default_factory=lambda: Smallest(LISTED_ORDERS))
+    lost: Smallest[str] = field(default_factory=lambda: Smallest(LISTED_ORDERS))
+
+    def add_many(self, chunk: list[OrderRecord]) -> None:
+        delivered, failed = OrderState.DELIVERED, OrderState.FAILED
+        for r in chunk:
+            self.counts[r.state] += 1
+        self.duplicates += sum(r.duplicates for r in chunk)
+        ends = [r.finished_at for r in chunk if r.state is delivered and r.finished_at]
+        self.last_delivered_at = max(self.last_delivered_at, max(ends, default=0.0))
+        self.failures.add_many([(r.order_id, r.reason) for r in chunk if r.state is failed])
+        self.lost.add_many([r.order_id for r in chunk if not r.state.is_final])
+
+
+def _summary(
+    file: FileRecord | None, records: Iterable[OrderRecord], started_at: float, peak: int
 ) -> RunSummary:
-    """Figures for the orders of one file; ``started_at`` is when the upload began."""
+    """The figures of one pass over ``records`` (read once, a chunk at a time, in any
+    order) with the ``peak`` concurrency swept from their trips."""
+    totals = _Totals()
+    for chunk in chunks(records, SUMMARY_CHUNK):
+        totals.add_many(chunk)
     repeat = file is not None and (file.started_at or 0) < started_at
-    delivered = [r for r in records if r.state is OrderState.DELIVERED]
-    failed = sum(1 for r in records if r.state is OrderState.FAILED)
-    ends = [r.finished_at for r in delivered if r.finished_at]
-    makespan = max(ends) - started_at if ends and not repeat else 0.0
+    delivered = totals.counts[OrderState.DELIVERED]
+    end = totals.last_delivered_at
+    makespan = end - started_at if end and not repeat else 0.0
+    failures, lost = totals.failures.items(), totals.lost.items()
     return RunSummary(
         file=file.source if file else "",
         rows=file.rows if file else 0,
         rejected=file.rejected if file else 0,
         published=file.published if file and not repeat else 0,
         skipped=file.skipped if file else 0,
-        delivered=len(delivered),
-        failed=failed,
-        lost=sum(1 for r in records if not r.state.is_final),
-        failures=[(r.order_id, r.reason) for r in records if r.state is OrderState.FAILED],
-        lost_orders=[r.order_id for r in records if not r.state.is_final],
-        duplicates=sum(r.duplicates for r in records),
+        delivered=delivered,
+        failed=totals.failures.count,
+        lost=totals.lost.count,
+        failures=failures,
+        lost_orders=lost,
+        failures_not_listed=totals.failures.count - len(failures),
+        lost_orders_not_listed=totals.lost.count - len(lost),
+        duplicates=totals.duplicates,
         makespan_s=round(makespan, 3),
-        peak_concurrency=peak_concurrency(records),
-        throughput_per_s=round(len(delivered) / makespan, 2) if makespan > 0 else 0.0,
+        peak_concurrency=peak,
+        throughput_per_s=round(delivered / makespan, 2) if makespan > 0 else 0.0,
         refused=file.error if file and file.state.value == "refused" else "",
         note="identical to an upload already processed: nothing was published again"
         if repeat
         else "",
     )
+
+
+def summarize(
+    file: FileRecord | None, records: Collection[OrderRecord], started_at: float
+) -> RunSummary:
+    """Figures for the orders of one file held in memory (read twice: once for the
+    figures, once for the peak); ``started_at`` is when the upload began."""
+    return _summary(file, records, started_at, peak_concurrency(records))
+
+
+def summarize_ledger(
+    ledger: Ledger, file: FileRecord | None, source: str, started_at: float
+) -> RunSummary:
+    """The figures of :func:`summarize` for the orders of ``source`` (``s3://bucket/key``)
+    as the ledger streams them, in memory that does not grow with the orders: one pass
+    over the orders a page at a time (:meth:`~courierflow.ledger.base.Ledger.iter_orders`)
+    and the peak swept over the trips' events in time order
+    (:meth:`~courierflow.ledger.base.Ledger.trip_events`)."""
+    peak = peak_in_flight(ledger.trip_events(source))
+    return _summary(file, ledger.iter_orders(source), started_at, peak)
