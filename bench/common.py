@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def services() -> Iterator[Services]:
     finally:
         for proc in reversed(started):
             proc.stop()
+        shutil.rmtree(work, ignore_errors=True)  # ledgers, logs and CSVs: 100s of MB a run
 
 
 def write_orders_csv(path: Path, rows: int) -> Path:
