@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import shutil
 import signal
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -100,5 +101,5 @@ async def serve(
         for fn in running.values():
             with contextlib.suppress(Exception):
                 await fn.close()
-        with contextlib.suppress(OSError):
-            socket_dir.rmdir()
+        # the environments' sockets are still in it: rmdir alone left one folder a run
+        shutil.rmtree(socket_dir, ignore_errors=True)
