@@ -8,6 +8,7 @@ import html
 import itertools
 import json
 import re
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -265,6 +266,38 @@ def test_snapshots_are_shared_within_an_interval_and_failed_probes_read_as_none(
     now[0] += 1.0
     assert snapper.snapshot() is not first and ledger.reads == 2
     assert first["queue_depth_source"] == "ledger estimate"
+
+
+def test_a_snapshot_never_waits_for_a_probe_read_in_the_background(tmp_path: Path) -> None:
+    """The server's snapshots take the probes' latest readings: a probe stuck on a busy
+    broker holds up nothing, and its reading shows once it answers."""
+    now = [T0]
+    release = threading.Event()
+    asked = threading.Event()
+
+    def stuck_depth() -> int | None:
+        asked.set()
+        release.wait(30)
+        return 17
+
+    snapper = dashboard.Snapshotter(
+        SQLiteLedger(tmp_path / "l.db"),
+        dashboard.Probes(queue_depth=stuck_depth),
+        clock=lambda: now[0],
+        interval_s=0.05,
+        probes_in_background=True,
+    )
+    first = snapper.snapshot()  # returns while the probe is still blocked
+    assert asked.wait(10) and not release.is_set()
+    assert (first["queue_depth"], first["queue_depth_source"]) == (0, "ledger estimate")
+    release.set()
+    deadline = time.monotonic() + 10
+    snap = first
+    while snap["queue_depth_source"] != "transport" and time.monotonic() < deadline:
+        now[0] += 1.0
+        snap = snapper.snapshot()
+        time.sleep(0.01)
+    assert (snap["queue_depth"], snap["queue_depth_source"]) == (17, "transport")
 
 
 def asgi_get(app: Any, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

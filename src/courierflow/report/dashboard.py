@@ -108,8 +108,49 @@ class Probes:
     console_url: str = ""
 
 
+class ProbeReadings:
+    """The probes' latest readings, taken by a thread of their own every ``interval_s``
+    (dead letters every ``DEAD_LETTER_EVERY_S``), so that a snapshot never waits for a
+    broker or a Lambda service busy with the run: measured under a 100,000-order run on
+    2 cores, the Lambda service's /health took 6 ms at the median but up to 322 ms, a
+    fresh AMQP connection for the queue depth up to 74 ms, the ledger's figures 3 ms at
+    p90. A reading is at most an interval old; until the first, it is None."""
+
+    def __init__(self, probes: Probes, interval_s: float) -> None:
+        self.probes = probes
+        self.interval_s = interval_s
+        self._values: dict[str, int | None] = {}
+        self._started = False
+        self._lock = threading.Lock()
+
+    def current(self) -> dict[str, int | None]:
+        """The latest readings (starting the thread on first use)."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="dashboard-probes", daemon=True).start()
+            return dict(self._values)
+
+    def _run(self) -> None:
+        dead_at = -1e18
+        while True:
+            readings = {
+                "queue_depth": _safe(self.probes.queue_depth),
+                "lambda_event_queue": _safe(self.probes.lambda_event_queue),
+            }
+            if time.monotonic() - dead_at >= DEAD_LETTER_EVERY_S:
+                readings["dead_letters"] = _safe(self.probes.dead_letters)
+                dead_at = time.monotonic()
+            with self._lock:
+                self._values.update(readings)
+            time.sleep(self.interval_s)
+
+
 class Snapshotter:
-    """Builds snapshots, at most one per ``interval_s``; concurrent callers share it."""
+    """Builds snapshots, at most one per ``interval_s``; concurrent callers share it.
+
+    ``probes_in_background``: read the probes from a thread of their own
+    (:class:`ProbeReadings`, what the server does) instead of within each snapshot."""
 
     def __init__(
         self,
@@ -118,12 +159,14 @@ class Snapshotter:
         source: str | None = None,
         interval_s: float = SNAPSHOT_INTERVAL_S,
         clock: Callable[[], float] = time.time,
+        probes_in_background: bool = False,
     ) -> None:
         self.ledger = ledger
         self.probes = probes or Probes()
         self.source = source
         self.interval_s = interval_s
         self.clock = clock
+        self._readings = ProbeReadings(self.probes, interval_s) if probes_in_background else None
         self._lock = threading.Lock()
         self._last: dict[str, Any] | None = None
         self._last_at = -1e18
@@ -136,19 +179,26 @@ class Snapshotter:
             now = self.clock()
             if self._last is not None and now - self._last_at < self.interval_s * 0.9:
                 return self._last
-            if now - self._dead_at >= DEAD_LETTER_EVERY_S:
-                self._dead, self._dead_at = _safe(self.probes.dead_letters), now
             self._last = snapshot_of(
                 self.ledger.activity(now, THROUGHPUT_WINDOW_S, LATEST_EVENTS, self.source),
                 now,
-                queue_depth=_safe(self.probes.queue_depth),
-                dead_letters=self._dead,
-                lambda_event_queue=_safe(self.probes.lambda_event_queue),
                 source=self.source,
+                **self._probe_readings(now),
             )
             self._last["console_url"] = self.probes.console_url
             self._last_at = now
             return self._last
+
+    def _probe_readings(self, now: float) -> dict[str, int | None]:
+        if self._readings is not None:
+            return self._readings.current()
+        if now - self._dead_at >= DEAD_LETTER_EVERY_S:
+            self._dead, self._dead_at = _safe(self.probes.dead_letters), now
+        return {
+            "queue_depth": _safe(self.probes.queue_depth),
+            "dead_letters": self._dead,
+            "lambda_event_queue": _safe(self.probes.lambda_event_queue),
+        }
 
 
 def _safe(probe: Callable[[], int | None]) -> int | None:
@@ -329,6 +379,6 @@ def serve_dashboard(
     url = ledger_url or (stack.ledger_url if stack is not None else None)
     if not url:
         raise ConfigError("no ledger to follow: give a ledger URL or a running stack's home")
-    snapshotter = Snapshotter(open_ledger(url), probes, source)
+    snapshotter = Snapshotter(open_ledger(url), probes, source, probes_in_background=True)
     app = create_app(snapshotter, token)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
