@@ -38,6 +38,13 @@ BUSY_RETRY_S = (0.0002, 0.004)
 PAGE_ROWS = 1_000
 
 
+def _why(exc: sqlite3.Error) -> str:
+    """SQLite's message and its extended result code (SQLITE_IOERR_SHMMAP, not only
+    "disk I/O error"), which says which system call failed."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return f"{exc} ({name})" if name else str(exc)
+
+
 def _busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
@@ -90,7 +97,7 @@ class SQLiteFile:
                 # hundreds of delivery processes could sleep long after the lock is free.
                 conn.execute("PRAGMA busy_timeout = 0")
             except sqlite3.Error as exc:
-                raise LedgerError(f"cannot open ledger {self.path}: {exc}") from None
+                raise LedgerError(f"cannot open ledger {self.path}: {_why(exc)}") from None
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
@@ -113,7 +120,7 @@ class SQLiteFile:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise LedgerError(f"ledger {self.path}: {exc}") from None
+                    raise LedgerError(f"ledger {self.path}: {_why(exc)}") from None
                 raise
 
     @contextmanager
@@ -135,7 +142,7 @@ class SQLiteFile:
         try:  # WAL readers are rarely ever busy, but they can be
             return _when_free(lambda: conn.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path}: {exc}") from None
+            raise LedgerError(f"ledger {self.path}: {_why(exc)}") from None
 
     def _stream(
         self, sql: str, params: Sequence[object] | dict[str, object] = (), page: int = PAGE_ROWS
@@ -153,7 +160,7 @@ class SQLiteFile:
             finally:
                 cursor.close()
         except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self.path}: {exc}") from None
+            raise LedgerError(f"ledger {self.path}: {_why(exc)}") from None
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
