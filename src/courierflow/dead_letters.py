@@ -3,11 +3,16 @@ ledger's, and putting them back on the queue after a fix."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from courierflow.config import Settings
+from courierflow.errors import ConfigError
 from courierflow.ledger.base import open_ledger
 from courierflow.transports.base import Transport, open_transport
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,22 @@ def open_queue(settings: Settings) -> Transport:
     """The order queue ``settings`` name (the local stack's SQS when they point at it)."""
     sqs_client = settings.aws_client("sqs") if settings.local_aws_url else None
     return open_transport(settings.queue_url, settings.queue, settings.region, sqs_client)
+
+
+def queue_backlog(settings: Settings) -> Callable[[], int | None]:
+    """A probe of the messages the order queue of ``settings`` holds (the reconciler's),
+    on one transport for every call. Nothing is left open between calls to go stale:
+    SQS's client keeps its HTTP connections and opens new ones after a failure, and
+    RabbitMQ's count opens a connection for its one passive declare (one held idle
+    between passes would miss its heartbeats). A call that cannot reach the queue raises
+    ``TransportError``, which the reconciler takes as unknown. Unknown too (None) when
+    the settings name no queue a transport knows."""
+    try:
+        transport = open_queue(settings)
+    except ConfigError as exc:
+        log.warning("cannot read the order queue, queued orders are judged by age: %s", exc)
+        return lambda: None
+    return transport.backlog
 
 
 def list_dead_letters(settings: Settings) -> list[DeadLetterView]:

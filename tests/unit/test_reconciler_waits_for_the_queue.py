@@ -15,29 +15,19 @@ import pytest
 from moto import mock_aws
 
 from courierflow.config import Settings
+from courierflow.dead_letters import queue_backlog
 from courierflow.errors import TransportError
 from courierflow.ledger.sqlite import SQLiteLedger
-from courierflow.local.reconcile_loop import queue_backlog
 from courierflow.reconciler import Reconciler
 from courierflow.transports.base import OutgoingMessage
 from courierflow.transports.sqs import SQSTransport
+from tests.unit.test_reconciler_waits_for_lambda import RecordingLambda
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 T0 = 1_000_000.0
 #: the deadline and the delivery's event age of these tests' reconcilers
 STUCK_S, EVENT_AGE_S = 300.0, 3600.0
-
-
-class RecordingLambda:
-    """Stands in for the Lambda client: records the re-dispatches it is asked for."""
-
-    def __init__(self) -> None:
-        self.invoked: list[str] = []
-
-    def invoke(self, **kwargs: Any) -> dict[str, Any]:
-        self.invoked.append(kwargs["Payload"])
-        return {"StatusCode": 202}
 
 
 class Queue:

@@ -285,7 +285,6 @@ def test_a_snapshot_never_waits_for_a_probe_read_in_the_background(tmp_path: Pat
         dashboard.Probes(queue_depth=stuck_depth),
         clock=lambda: now[0],
         interval_s=0.05,
-        probes_in_background=True,
     )
     first = snapper.snapshot()  # returns while the probe is still blocked
     assert asked.wait(10) and not release.is_set()

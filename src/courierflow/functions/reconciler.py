@@ -3,24 +3,19 @@ Deployable as ``courierflow.functions.reconciler.lambda_handler``."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import boto3
 
-from courierflow import logs
+from courierflow import dead_letters, logs
 from courierflow.config import LogSettings, Settings, xray_trace_id
-from courierflow.errors import ConfigError
 from courierflow.ledger.base import open_ledger
 from courierflow.reconciler import Reconciler
-from courierflow.transports.base import open_transport
-
-log = logging.getLogger(__name__)
 
 
-def queue_backlog(settings: Settings) -> Callable[[], int | None]:
+def reachable_queue_backlog(settings: Settings) -> Callable[[], int | None]:
     """A probe of the messages the order queue holds, when this function can reach it."""
     if settings.queue_url.startswith(("amqp://", "amqps://")):
         # RabbitMQ listens on the instance's private address, and its security group
@@ -28,11 +23,7 @@ def queue_backlog(settings: Settings) -> Callable[[], int | None]:
         # (the template gives it no VpcConfig) and its role does not read the broker's
         # secret. Unknown, then: a queued order is stuck after stuck_after_s, as before.
         return lambda: None
-    try:  # SQS: its public endpoint, as the failure queue's
-        return open_transport(settings.queue_url, settings.queue, settings.region).backlog
-    except ConfigError as exc:
-        log.warning("cannot read the order queue, queued orders are judged by age: %s", exc)
-        return lambda: None
+    return dead_letters.queue_backlog(settings)  # SQS: its public endpoint, as the DLQ's
 
 
 logs.setup_logging(LogSettings.from_env())
@@ -43,7 +34,7 @@ _reconciler = Reconciler(
     function_name=_settings.delivery_function,
     stuck_after_s=_settings.stuck_after_s,
     dispatched_after_s=_settings.dispatched_stuck_after_s,
-    queue_backlog=queue_backlog(_settings),
+    queue_backlog=reachable_queue_backlog(_settings),
     sqs=boto3.client("sqs", region_name=_settings.region),
     failure_queue_url=_settings.failure_queue_url,
 )

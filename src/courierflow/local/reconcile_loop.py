@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 import boto3
 
 from courierflow.config import Settings
-from courierflow.dead_letters import open_queue
-from courierflow.errors import ConfigError
+from courierflow.dead_letters import queue_backlog
 from courierflow.ledger.base import open_ledger
 from courierflow.reconciler import Reconciler
 
@@ -65,22 +64,6 @@ def local_service_start(endpoint: str) -> Callable[[], float | None]:
         return float(value) if isinstance(value, int | float) else None
 
     return started_at
-
-
-def queue_backlog(settings: Settings) -> Callable[[], int | None]:
-    """A probe of the messages the order queue of ``settings`` holds, on one transport
-    for every pass. Nothing is left open between passes to go stale: SQS's client keeps
-    its HTTP connections and opens new ones after a failure, and RabbitMQ's count opens
-    a connection for its one passive declare (one held idle between passes would miss
-    its heartbeats). A pass that cannot reach the queue raises ``TransportError``; the
-    reconciler takes that as unknown, and the next pass tries again. Unknown too
-    (None) when the settings name no queue a transport knows."""
-    try:
-        transport = open_queue(settings)
-    except ConfigError as exc:
-        log.warning("cannot read the order queue, queued orders are judged by age: %s", exc)
-        return lambda: None
-    return transport.backlog
 
 
 def run_loop(settings: Settings, every_s: float, stuck_after_s: float, failure_queue: str) -> None:

@@ -148,9 +148,7 @@ class ProbeReadings:
 
 class Snapshotter:
     """Builds snapshots, at most one per ``interval_s``; concurrent callers share it.
-
-    ``probes_in_background``: read the probes from a thread of their own
-    (:class:`ProbeReadings`, what the server does) instead of within each snapshot."""
+    The probes are read by a thread of their own (:class:`ProbeReadings`)."""
 
     def __init__(
         self,
@@ -159,19 +157,16 @@ class Snapshotter:
         source: str | None = None,
         interval_s: float = SNAPSHOT_INTERVAL_S,
         clock: Callable[[], float] = time.time,
-        probes_in_background: bool = False,
     ) -> None:
         self.ledger = ledger
         self.probes = probes or Probes()
         self.source = source
         self.interval_s = interval_s
         self.clock = clock
-        self._readings = ProbeReadings(self.probes, interval_s) if probes_in_background else None
+        self._readings = ProbeReadings(self.probes, interval_s)
         self._lock = threading.Lock()
         self._last: dict[str, Any] | None = None
         self._last_at = -1e18
-        self._dead: int | None = None
-        self._dead_at = -1e18
 
     def snapshot(self) -> dict[str, Any]:
         """The current snapshot (a cached one when younger than the interval)."""
@@ -183,22 +178,11 @@ class Snapshotter:
                 self.ledger.activity(now, THROUGHPUT_WINDOW_S, LATEST_EVENTS, self.source),
                 now,
                 source=self.source,
-                **self._probe_readings(now),
+                **self._readings.current(),
             )
             self._last["console_url"] = self.probes.console_url
             self._last_at = now
             return self._last
-
-    def _probe_readings(self, now: float) -> dict[str, int | None]:
-        if self._readings is not None:
-            return self._readings.current()
-        if now - self._dead_at >= DEAD_LETTER_EVERY_S:
-            self._dead, self._dead_at = _safe(self.probes.dead_letters), now
-        return {
-            "queue_depth": _safe(self.probes.queue_depth),
-            "dead_letters": self._dead,
-            "lambda_event_queue": _safe(self.probes.lambda_event_queue),
-        }
 
 
 def _safe(probe: Callable[[], int | None]) -> int | None:
@@ -379,6 +363,6 @@ def serve_dashboard(
     url = ledger_url or (stack.ledger_url if stack is not None else None)
     if not url:
         raise ConfigError("no ledger to follow: give a ledger URL or a running stack's home")
-    snapshotter = Snapshotter(open_ledger(url), probes, source, probes_in_background=True)
+    snapshotter = Snapshotter(open_ledger(url), probes, source)
     app = create_app(snapshotter, token)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
