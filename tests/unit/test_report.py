@@ -249,9 +249,10 @@ class CountingLedger(SQLiteLedger):
         return super().activity(now, window_s, latest, source)
 
 
-def test_snapshots_are_shared_within_an_interval_and_failed_probes_read_as_none(
-    tmp_path: Path,
-) -> None:
+def test_a_request_never_reads_the_ledger_after_the_first_snapshot(tmp_path: Path) -> None:
+    """A request answers with the latest snapshot, whatever its age: only the snapshot
+    thread (each interval of real time, here longer than the test) reads the ledger
+    again. A failed probe reads as None."""
     now = [T0]
     ledger = CountingLedger(tmp_path / "l.db")
 
@@ -259,13 +260,23 @@ def test_snapshots_are_shared_within_an_interval_and_failed_probes_read_as_none(
         raise OSError("no broker")
 
     snapper = dashboard.Snapshotter(
-        ledger, dashboard.Probes(queue_depth=broken), clock=lambda: now[0]
+        ledger, dashboard.Probes(queue_depth=broken), clock=lambda: now[0], interval_s=600
     )
     first = snapper.snapshot()
+    now[0] += 1000.0  # older than an interval: still the one a request gets
     assert snapper.snapshot() is first and ledger.reads == 1
-    now[0] += 1.0
-    assert snapper.snapshot() is not first and ledger.reads == 2
     assert first["queue_depth_source"] == "ledger estimate"
+
+
+def test_the_snapshot_thread_rebuilds_each_interval(tmp_path: Path) -> None:
+    ledger = CountingLedger(tmp_path / "l.db")
+    snapper = dashboard.Snapshotter(ledger, interval_s=0.1)
+    first = snapper.snapshot()
+    deadline = time.monotonic() + 10
+    while ledger.reads < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ledger.reads >= 3
+    assert snapper.snapshot() is not first and snapper.snapshot()["at"] > first["at"]
 
 
 def test_a_snapshot_never_waits_for_a_probe_read_in_the_background(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -147,8 +146,15 @@ class ProbeReadings:
 
 
 class Snapshotter:
-    """Builds snapshots, at most one per ``interval_s``; concurrent callers share it.
-    The probes are read by a thread of their own (:class:`ProbeReadings`)."""
+    """Keeps the latest snapshot, rebuilt every ``interval_s`` by a thread of its own, so
+    a request never waits for the ledger: it answers with a snapshot at most an interval
+    old (its ``at`` says when), as the page's event stream does. The first request builds
+    one itself and starts the thread. The probes are read by a thread of their own too
+    (:class:`ProbeReadings`).
+
+    Under a million-order run the snapshot's p99 was 108 ms (p50 3.2 ms) while a request
+    that found no fresh snapshot built one itself (bench.million, 2026-12-03): the
+    ledger's figures and a hop to a worker thread were on the request's path."""
 
     def __init__(
         self,
@@ -166,23 +172,36 @@ class Snapshotter:
         self._readings = ProbeReadings(self.probes, interval_s)
         self._lock = threading.Lock()
         self._last: dict[str, Any] | None = None
-        self._last_at = -1e18
 
     def snapshot(self) -> dict[str, Any]:
-        """The current snapshot (a cached one when younger than the interval)."""
+        """The latest snapshot (built here only the first time)."""
         with self._lock:
-            now = self.clock()
-            if self._last is not None and now - self._last_at < self.interval_s * 0.9:
-                return self._last
-            self._last = snapshot_of(
-                self.ledger.activity(now, THROUGHPUT_WINDOW_S, LATEST_EVENTS, self.source),
-                now,
-                source=self.source,
-                **self._readings.current(),
-            )
-            self._last["console_url"] = self.probes.console_url
-            self._last_at = now
+            if self._last is None:
+                self._last = self._build()
+                threading.Thread(target=self._run, name="dashboard-snapshots", daemon=True).start()
             return self._last
+
+    def _build(self) -> dict[str, Any]:
+        now = self.clock()
+        snap = snapshot_of(
+            self.ledger.activity(now, THROUGHPUT_WINDOW_S, LATEST_EVENTS, self.source),
+            now,
+            source=self.source,
+            **self._readings.current(),
+        )
+        snap["console_url"] = self.probes.console_url
+        return snap
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            try:
+                snap = self._build()
+            except CourierflowError as exc:  # the ledger busy or gone: keep the last one
+                log.warning("dashboard snapshot failed: %s", exc)
+                continue
+            with self._lock:
+                self._last = snap
 
 
 def _safe(probe: Callable[[], int | None]) -> int | None:
@@ -253,7 +272,7 @@ def create_app(
     async def snapshot(request: Request) -> Response:
         if not _authorised(request, token):
             return refuse()
-        return JSONResponse(await run_in_threadpool(snapshotter.snapshot))
+        return JSONResponse(snapshotter.snapshot())
 
     async def events(request: Request) -> Response:
         if not _authorised(request, token):
@@ -262,7 +281,7 @@ def create_app(
         async def stream() -> AsyncIterator[str]:
             yield f"retry: {int(interval_s * 3000)}\n\n"
             while not stopping.is_set() and not await request.is_disconnected():
-                doc = await run_in_threadpool(snapshotter.snapshot)
+                doc = snapshotter.snapshot()
                 yield f"data: {json.dumps(doc, separators=(',', ':'))}\n\n"
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=interval_s)
