@@ -1,10 +1,11 @@
 """The Invoke hop's CPU per call, piece by piece, small enough to run beside other jobs.
 
     python -m bench.invoke_hop signer            # SigV4 headers for one request
+    python -m bench.invoke_hop template          # the same from a per-function template
     python -m bench.invoke_hop invoker           # invoke_event, the HTTP exchange stubbed
     python -m bench.invoke_hop service --events 5000
 
-``signer`` and ``invoker`` run in this process and print CPU µs per call for each of
+``signer``, ``template`` and ``invoker`` run in this process and print CPU µs per call for each of
 ``--repeats`` timings of ``--calls`` calls. ``service`` starts a local Lambda service
 with a no-op function on 16 environments, sends ``--events`` Event invokes through the
 manager's ``EventInvoker`` (64 in flight), waits until every event ran, and prints the
@@ -67,6 +68,14 @@ def bench_signer(calls: int, repeats: int) -> list[float]:
         calls,
         repeats,
     )
+
+
+def bench_template(calls: int, repeats: int) -> list[float]:
+    template = SigV4Signer("us-east-1").template(
+        "127.0.0.1:9001", PATH, {"X-Amz-Invocation-Type": "Event"}
+    )
+    credentials = ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)
+    return _best_us(lambda: template.headers(PAYLOAD, credentials), calls, repeats)
 
 
 def _invoker() -> EventInvoker:
@@ -166,7 +175,7 @@ def bench_service(events: int, repeats: int) -> list[tuple[float, float, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("signer", "invoker", "service"))
+    parser.add_argument("part", choices=("signer", "template", "invoker", "service"))
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -180,7 +189,8 @@ def main() -> None:
             )
         print(f"median service {statistics.median(r[0] for r in rows):.1f} µs/event")
         return
-    runs = (bench_signer if args.part == "signer" else bench_invoker)(args.calls, args.repeats)
+    bench = {"signer": bench_signer, "template": bench_template, "invoker": bench_invoker}
+    runs = bench[args.part](args.calls, args.repeats)
     print(" ".join(f"{us:.2f}" for us in runs), "µs/call;", f"min {min(runs):.2f}")
 
 
