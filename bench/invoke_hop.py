@@ -4,12 +4,18 @@
     python -m bench.invoke_hop template          # the same from a per-function template
     python -m bench.invoke_hop invoker           # invoke_event, the HTTP exchange stubbed
     python -m bench.invoke_hop service --events 5000
+    python -m bench.invoke_hop acks --events 20000  # RabbitMQ acks from another thread
 
 ``signer``, ``template`` and ``invoker`` run in this process and print CPU µs per call for each of
 ``--repeats`` timings of ``--calls`` calls. ``service`` starts a local Lambda service
 with a no-op function on 16 environments, sends ``--events`` Event invokes through the
 manager's ``EventInvoker`` (64 in flight), waits until every event ran, and prints the
 CPU (user + system) the service process spent per event, and that of its environments.
+``acks`` starts a private RabbitMQ node, and per repetition publishes ``--events``
+orders and consumes them with ``RabbitMQTransport``, a worker thread acking each at
+``--rate`` a second (as the manager's loop thread acks each order when its Invoke
+returns), once with the I/O thread woken for every ack (``SETTLE_BATCH`` 1) and once as
+shipped; it prints this process's CPU per message.
 Each run prints one line per repetition; nothing is written to disk.
 """
 
@@ -18,8 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import queue
 import statistics
 import tempfile
+import threading
 import time
 import timeit
 import urllib.request
@@ -31,8 +39,12 @@ import psutil
 from botocore.credentials import ReadOnlyCredentials
 
 from bench.lambda_service_bench import lambda_service
+from courierflow.local.processes import start_rabbitmq
 from courierflow.manager.event_invoker import EventInvoker, SigV4Signer
 from courierflow.orders import Order
+from courierflow.transports import rabbitmq
+from courierflow.transports.base import OutgoingMessage, QueuedMessage
+from courierflow.transports.rabbitmq import RabbitMQTransport
 
 #: a typical order as the manager sends it
 PAYLOAD = Order.from_message(
@@ -173,12 +185,62 @@ def bench_service(events: int, repeats: int) -> list[tuple[float, float, float]]
     return results
 
 
+def _consume_and_ack(transport: RabbitMQTransport, count: int, rate: float) -> float:
+    """Consume ``count`` messages, acked from a worker thread at most ``rate`` a second
+    (the manager acks each order when its Invoke returns, spread over time, not in a
+    burst); CPU µs per message."""
+    handed: queue.SimpleQueue[QueuedMessage] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def worker() -> None:
+        begin = time.perf_counter()
+        for i in range(count):
+            message = handed.get()
+            delay = begin + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            message.ack()
+        stop.set()
+
+    thread = threading.Thread(target=worker)
+    started = time.process_time()
+    thread.start()
+    transport.consume(handed.put, 1024, stop)
+    thread.join()
+    return (time.process_time() - started) / count * 1e6
+
+
+def bench_acks(events: int, repeats: int, rate: float) -> list[tuple[float, float]]:
+    """(µs/message waking the I/O thread per ack, µs/message as shipped) per repetition."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cf-hop-rabbit-") as tmp:
+        node = start_rabbitmq(Path(tmp))
+        try:
+            transport = RabbitMQTransport(node.amqp_url, "hop-acks")
+            for _ in range(repeats):
+                row = []
+                for batch in (1, rabbitmq.SETTLE_BATCH):
+                    transport.publish(
+                        OutgoingMessage(PAYLOAD, f"O-{i}", f"O-{i}") for i in range(events)
+                    )
+                    shipped, rabbitmq.SETTLE_BATCH = rabbitmq.SETTLE_BATCH, batch
+                    try:
+                        row.append(_consume_and_ack(transport, events, rate))
+                    finally:
+                        rabbitmq.SETTLE_BATCH = shipped
+                results.append((row[0], row[1]))
+        finally:
+            node.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("signer", "template", "invoker", "service"))
+    parser.add_argument("part", choices=("signer", "template", "invoker", "service", "acks"))
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=3000.0, help="acks a second (acks)")
     args = parser.parse_args()
     if args.part == "service":
         rows = bench_service(args.events, args.repeats)
@@ -188,6 +250,14 @@ def main() -> None:
                 f"({args.events} events in {seconds:.2f} s)"
             )
         print(f"median service {statistics.median(r[0] for r in rows):.1f} µs/event")
+        return
+    if args.part == "acks":
+        for every_ack, shipped in bench_acks(args.events, args.repeats, args.rate):
+            print(
+                f"consumer CPU {every_ack:6.1f} µs/message waking for every ack, "
+                f"{shipped:6.1f} µs/message as shipped ({args.events} messages, "
+                f"acked at {args.rate:.0f}/s)"
+            )
         return
     bench = {"signer": bench_signer, "template": bench_template, "invoker": bench_invoker}
     runs = bench[args.part](args.calls, args.repeats)
