@@ -5,9 +5,11 @@
     python -m bench.invoke_hop invoker           # invoke_event, the HTTP exchange stubbed
     python -m bench.invoke_hop service --events 5000
     python -m bench.invoke_hop acks --events 20000  # RabbitMQ acks from another thread
+    python -m bench.invoke_hop dispatcher --events 20000  # the manager's loop, no I/O
 
-``signer``, ``template`` and ``invoker`` run in this process and print CPU µs per call for each of
-``--repeats`` timings of ``--calls`` calls. ``service`` starts a local Lambda service
+``signer``, ``template``, ``invoker`` and ``dispatcher`` run in this process and print
+CPU µs per call (per order) for each of ``--repeats`` timings of ``--calls`` calls
+(``--events`` orders). ``service`` starts a local Lambda service
 with a no-op function on 16 environments, sends ``--events`` Event invokes through the
 manager's ``EventInvoker`` (64 in flight), waits until every event ran, and prints the
 CPU (user + system) the service process spent per event, and that of its environments.
@@ -31,6 +33,7 @@ import threading
 import time
 import timeit
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +43,11 @@ from botocore.credentials import ReadOnlyCredentials
 
 from bench.lambda_service_bench import lambda_service
 from courierflow.local.processes import start_rabbitmq
+from courierflow.manager.dispatcher import Dispatcher
 from courierflow.manager.event_invoker import EventInvoker, SigV4Signer
 from courierflow.orders import Order
 from courierflow.transports import rabbitmq
-from courierflow.transports.base import OutgoingMessage, QueuedMessage
+from courierflow.transports.base import OutgoingMessage, QueuedMessage, Transport
 from courierflow.transports.rabbitmq import RabbitMQTransport
 
 #: a typical order as the manager sends it
@@ -234,9 +238,86 @@ def bench_acks(events: int, repeats: int, rate: float) -> list[tuple[float, floa
     return results
 
 
+class _Delivery(QueuedMessage):
+    def __init__(self, body: bytes, acked: threading.Semaphore) -> None:
+        self.body = body
+        self._acked = acked
+
+    def ack(self) -> None:
+        self._acked.release()
+
+    def reject(self, requeue: bool) -> None:
+        raise AssertionError("every order is accepted here")
+
+
+class _HandOut(Transport):
+    """Hands ``count`` orders to the dispatcher from its own thread, as a consumer does."""
+
+    def __init__(self, count: int, acked: threading.Semaphore) -> None:
+        self.deliveries = [
+            _Delivery(Order(f"D-{i:07d}", customer="c", address="a").to_json(), acked)
+            for i in range(count)
+        ]
+
+    def consume(
+        self, on_message: Callable[[QueuedMessage], None], prefetch: int, stop: threading.Event
+    ) -> None:
+        for delivery in self.deliveries:
+            on_message(delivery)
+        stop.wait()
+
+    def publish(self, messages: Any) -> int:
+        raise NotImplementedError
+
+    def depth(self) -> int:
+        return 0
+
+    def dead_letters(self, limit: int = 1000) -> list[Any]:
+        return []
+
+    def replay_dead_letters(self, order_id: str | None = None) -> int:
+        return 0
+
+
+class _AcceptingLambda:
+    """Accepts every Event invoke after one turn of the loop (no socket, no signing)."""
+
+    async def invoke_event(self, function_name: str, payload: bytes) -> str:
+        await asyncio.sleep(0)
+        return "req"
+
+    async def close(self) -> None:
+        pass
+
+
+class _NoLedger:
+    def mark_dispatched(self, batch: dict[str, float]) -> None:
+        pass
+
+
+def bench_dispatcher(events: int, repeats: int) -> list[float]:
+    """The dispatcher's own CPU µs per order: orders handed over from a consumer thread,
+    each invoked (accepted at once) and acked, ``DEFAULT_MAX_IN_FLIGHT`` in flight."""
+    results = []
+    for _ in range(repeats):
+        acked = threading.Semaphore(0)
+        transport = _HandOut(events, acked)
+        dispatcher = Dispatcher(transport, _AcceptingLambda(), _NoLedger(), FUNCTION)  # type: ignore[arg-type]
+        thread = threading.Thread(target=dispatcher.run)
+        started = time.process_time()
+        thread.start()
+        for _ in range(events):
+            acked.acquire()
+        results.append((time.process_time() - started) / events * 1e6)
+        dispatcher.stop()
+        thread.join()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("signer", "template", "invoker", "service", "acks"))
+    parts = ("signer", "template", "invoker", "service", "acks", "dispatcher")
+    parser.add_argument("part", choices=parts)
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -259,8 +340,11 @@ def main() -> None:
                 f"acked at {args.rate:.0f}/s)"
             )
         return
-    bench = {"signer": bench_signer, "template": bench_template, "invoker": bench_invoker}
-    runs = bench[args.part](args.calls, args.repeats)
+    if args.part == "dispatcher":
+        runs = bench_dispatcher(args.events, args.repeats)
+    else:
+        bench = {"signer": bench_signer, "template": bench_template, "invoker": bench_invoker}
+        runs = bench[args.part](args.calls, args.repeats)
     print(" ".join(f"{us:.2f}" for us in runs), "µs/call;", f"min {min(runs):.2f}")
 
 
