@@ -59,9 +59,9 @@ SHUTDOWN_WAIT_S = 180.0
 class Dispatcher:
     """Consumes a transport and invokes the delivery function once per order.
 
-    Messages arrive on the transport's thread; each becomes a task on one asyncio loop
-    (its own thread), where up to ``max_in_flight`` Invoke calls wait for Lambda at once
-    (fewer while Lambda throttles: see ``InvokeLimit``)."""
+    Messages arrive on the transport's thread and are taken by worker tasks on one
+    asyncio loop (its own thread), where up to ``max_in_flight`` Invoke calls wait for
+    Lambda at once (fewer while Lambda throttles: see ``InvokeLimit``)."""
 
     def __init__(
         self,
