@@ -142,6 +142,35 @@ def test_throttled_invokes_are_retried_past_the_attempt_budget_and_never_dead_le
     assert ledger.counts()[OrderState.FAILED] == 0
 
 
+def test_orders_behind_a_throttled_one_go_on_while_it_waits_out_its_pauses(
+    ledger: Ledger,
+) -> None:
+    """One invoke in flight at most: the throttled order gives its slot up between its
+    tries, so the orders behind it are accepted meanwhile, not after it."""
+    ids = ["SLOW", *[f"Q-{i}" for i in range(5)]]
+    transport = ListTransport(ids)
+    lam = ScriptedLambda(["throttle"] * 20)
+    accepted: list[str] = []
+
+    async def invoke_event(function_name: str, payload: bytes) -> str:
+        order_id = Order.from_message(payload).order_id
+        if order_id == "SLOW":
+            answer = await ScriptedLambda.invoke_event(lam, function_name, payload)
+        else:
+            await asyncio.sleep(0.001)
+            answer = "req"
+        accepted.append(order_id)
+        return answer
+
+    lam.invoke_event = invoke_event  # type: ignore[method-assign]
+    dispatcher = Dispatcher(transport, lam, ledger, "lambda_delivery", max_in_flight=1)  # type: ignore[arg-type]
+    run_until(dispatcher, lambda: transport.settled().get("ack") == len(ids))
+    assert transport.settled() == {"ack": len(ids)}
+    assert accepted == [*[f"Q-{i}" for i in range(5)], "SLOW"]
+    assert lam.calls["SLOW"] == 21
+    assert dispatcher.stats.throttles == 20
+
+
 def test_throttles_between_real_errors_do_not_use_up_or_extend_the_attempts(
     ledger: Ledger,
 ) -> None:

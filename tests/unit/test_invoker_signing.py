@@ -21,12 +21,18 @@ pytestmark = pytest.mark.unit
 NOW = datetime.datetime(2026, 12, 1, 21, 35, 7, tzinfo=datetime.UTC)
 
 
-def botocore_headers(url: str, body: bytes, credentials: ReadOnlyCredentials) -> dict[str, str]:
+def botocore_headers(
+    url: str,
+    body: bytes,
+    credentials: ReadOnlyCredentials,
+    when: datetime.datetime = NOW,
+    region: str = "us-east-1",
+) -> dict[str, str]:
     request = AWSRequest(
         method="POST", url=url, data=body, headers={"X-Amz-Invocation-Type": "Event"}
     )
-    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
-        SigV4Auth(credentials, "lambda", "us-east-1").add_auth(request)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=when.replace(tzinfo=None)):
+        SigV4Auth(credentials, "lambda", region).add_auth(request)
     return dict(request.headers.items())
 
 
@@ -55,6 +61,60 @@ def test_signature_matches_botocores(host: str, function: str, token: str | None
     assert ours["X-Amz-Date"] == expected["X-Amz-Date"] == "20261201T213507Z"
     assert ours["Authorization"] == expected["Authorization"]
     assert ours.get("X-Amz-Security-Token") == expected.get("X-Amz-Security-Token")
+
+
+def test_one_template_signs_each_request_as_botocore_does() -> None:
+    """A template made once per function signs many requests: different bodies, seconds
+    and days, credentials with and without a session token, a rotated secret. Every
+    signature is the one botocore computes for the same request."""
+    host = "lambda.eu-west-1.amazonaws.com"
+    path = f"/2015-03-31/functions/{quote('fn%20odd:$LATEST', safe='')}/invocations"
+    template = SigV4Signer("eu-west-1").template(host, path, {"X-Amz-Invocation-Type": "Event"})
+    plain = ReadOnlyCredentials("AKIDEXAMPLE", "secret-one", None)
+    with_token = ReadOnlyCredentials("ASIAEXAMPLE", "secret-two", "token  with  spaces%s")
+    cases = [
+        (b'{"order_id": "ORD-1"}', NOW, plain),
+        (b'{"order_id": "ORD-2"}', NOW, plain),  # same second, other body
+        (b'{"order_id": "ORD-3"}', NOW + datetime.timedelta(seconds=1), with_token),
+        (b"", NOW + datetime.timedelta(hours=3), plain),  # the next day (UTC)
+        (b'{"order_id": "ORD-4"}', NOW + datetime.timedelta(hours=3, seconds=1), with_token),
+        (b'{"order_id": "ORD-5"}', NOW, plain),  # back to the first day
+    ]
+    for body, when, credentials in cases:
+        expected = botocore_headers(f"https://{host}{path}", body, credentials, when, "eu-west-1")
+        ours = template.headers(body, credentials, when.timestamp())
+        assert ours["X-Amz-Date"] == expected["X-Amz-Date"]
+        assert ours["Authorization"] == expected["Authorization"], (body, when, credentials)
+        assert ours.get("X-Amz-Security-Token") == expected.get("X-Amz-Security-Token")
+        assert ours["X-Amz-Invocation-Type"] == "Event"
+        assert ours["Host"] == host
+
+
+def test_the_invoker_signs_every_call_as_botocore_does() -> None:
+    """Calls to two functions, one after the other, through the invoker's templates."""
+    session = boto3.Session(
+        aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", region_name="us-east-1"
+    )
+    client = session.client("lambda", endpoint_url="http://127.0.0.1:9001")
+    invoker = EventInvoker(client, session=session)
+    sent: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def answer(path: str, headers: dict[str, str], body: bytes) -> Any:
+        sent.append((path, headers, body))
+        return 202, {"x-amzn-requestid": "req-1"}, b""
+
+    async def calls() -> None:
+        for function, body in [("one", b'{"n": 1}'), ("two", b'{"n": 2}'), ("one", b'{"n": 3}')]:
+            await invoker.invoke_event(function, body)
+
+    invoker._post = answer  # type: ignore[method-assign]
+    with mock.patch("time.time", return_value=NOW.timestamp()):
+        asyncio.run(calls())
+    credentials = ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)
+    for path, headers, body in sent:
+        expected = botocore_headers(f"http://127.0.0.1:9001{path}", body, credentials)
+        assert headers["Authorization"] == expected["Authorization"]
+    assert [path.split("/")[3] for path, _, _ in sent] == ["one", "two", "one"]
 
 
 def test_the_invoker_signs_with_its_sessions_credentials() -> None:

@@ -16,10 +16,12 @@ throttle, one more back per success) so the manager does not hammer Lambda meanw
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from typing import Any
 
 from courierflow import faults
 from courierflow.backoff import backoff_delay
@@ -27,6 +29,7 @@ from courierflow.errors import InvokeError, InvokeThrottled, InvokeUnreachable
 from courierflow.ledger.base import Ledger
 from courierflow.manager.event_invoker import EventInvoker
 from courierflow.manager.invoke_limit import InvokeLimit
+from courierflow.manager.recorder import DispatchRecorder, DispatchStats
 from courierflow.orders import Order
 from courierflow.transports.base import QueuedMessage, Transport
 
@@ -51,82 +54,14 @@ DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_PREFETCH = 1024
 #: seconds a stopping manager waits for its invokes in flight (5 attempts fit in it)
 SHUTDOWN_WAIT_S = 180.0
-#: most dispatches recorded in one ledger write, and the longest a record waits
-RECORD_BATCH = 500
-RECORD_EVERY_S = 0.05
-
-
-class DispatchRecorder:
-    """Records dispatches in the ledger from one thread, many per write.
-
-    A write per order from every invoke thread would make the threads queue for the
-    ledger (its file lock) instead of calling Lambda. The record is a convenience (the
-    delivery's own claim is what keeps an order from running twice), so the message is
-    acked without waiting for it; ``close`` writes what is still pending. Each order
-    keeps the time Lambda accepted it, not the time of the write.
-    """
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self._pending: dict[str, float] = {}
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="dispatch-recorder", daemon=True)
-        self._thread.start()
-
-    def add(self, order_id: str) -> None:
-        accepted_at = time.time()
-        with self._cond:
-            self._pending[order_id] = accepted_at
-            if len(self._pending) >= RECORD_BATCH:
-                self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._closed and len(self._pending) < RECORD_BATCH:
-                    self._cond.wait(RECORD_EVERY_S)
-                batch, self._pending = self._pending, {}
-                closed = self._closed
-            if batch:
-                try:
-                    self.ledger.mark_dispatched(batch)
-                except Exception:
-                    log.exception("could not record %d dispatches", len(batch))
-            if closed and not self._pending:
-                return
-
-
-@dataclass
-class DispatchStats:
-    """Counters a running manager keeps (thread-safe increments under ``lock``)."""
-
-    dispatched: int = 0
-    dead_lettered: int = 0
-    #: second invokes sent on purpose (``duplicate_rate``)
-    duplicates_injected: int = 0
-    invoke_retries: int = 0
-    #: invokes Lambda refused with 429 (each retried later, never dead-lettered)
-    throttles: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + n)
 
 
 class Dispatcher:
     """Consumes a transport and invokes the delivery function once per order.
 
-    Messages arrive on the transport's thread; each becomes a task on one asyncio loop
-    (its own thread), where up to ``max_in_flight`` Invoke calls wait for Lambda at once
-    (fewer while Lambda throttles: see ``InvokeLimit``)."""
+    Messages arrive on the transport's thread and are taken by worker tasks on one
+    asyncio loop (its own thread), where up to ``max_in_flight`` Invoke calls wait for
+    Lambda at once (fewer while Lambda throttles: see ``InvokeLimit``)."""
 
     def __init__(
         self,
@@ -155,6 +90,10 @@ class Dispatcher:
         self.invoke_limit = InvokeLimit(max_in_flight)
         #: messages handed over by the transport's thread, not yet started on the loop
         self._arrived: list[tuple[Order, QueuedMessage]] = []
+        #: messages on the loop waiting for a worker (loop thread only)
+        self._waiting: collections.deque[tuple[Order, QueuedMessage]] = collections.deque()
+        #: workers running (loop thread only), at most ``max_in_flight``
+        self._workers = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._tasks_lock = threading.Lock()
         #: messages handed over and not yet settled; ``_idle`` is set when none are
@@ -214,10 +153,63 @@ class Dispatcher:
     def _start_arrived(self) -> None:
         with self._tasks_lock:
             arrived, self._arrived = self._arrived, []
-        for order, message in arrived:
-            task = self._loop.create_task(self._dispatch(order, message))
-            self._tasks.add(task)  # a reference until it is done (the loop keeps none)
-            task.add_done_callback(self._tasks.discard)
+        self._waiting.extend(arrived)
+        wanted = min(len(self._waiting), max(1, self.max_in_flight) - self._workers)
+        for _ in range(wanted):
+            self._workers += 1
+            self._spawn(self._work())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(work)
+        self._tasks.add(task)  # a reference until it is done (the loop keeps none)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _work(self) -> None:
+        """Dispatch waiting messages one after another, each once it has a slot of the
+        ``invoke_limit``: a task per slot in flight rather than one per message (making
+        the task was 10% of the manager's GIL samples: docs/performance.md). A message
+        whose first invoke is not accepted goes on in a task of its own, slot included,
+        so a retry or a pause never holds a worker up."""
+        limit = self.invoke_limit
+        try:
+            while self._waiting:
+                await limit.acquire()
+                if not self._waiting:  # another worker took the last one meanwhile
+                    limit.release()
+                    return
+                order, message = self._waiting.popleft()
+                await self._first_attempt(order, message)
+        finally:
+            self._workers -= 1
+
+    async def _first_attempt(self, order: Order, message: QueuedMessage) -> None:
+        """Invoke with the slot the worker holds; on the fast path (accepted) settle the
+        message here, otherwise hand the order and its slot to ``_dispatch``."""
+        limit = self.invoke_limit
+        sent_in_round = limit.round
+        try:
+            await self.invoker.invoke_event(self.function_name, order.to_json())
+        except InvokeError as exc:
+            self._spawn(self._dispatch(order, message, (exc, sent_in_round)))
+            return
+        except Exception:
+            limit.release()
+            self._requeue_after_bug(order, message)
+            self._finished()
+            return
+        try:
+            limit.accepted()
+            await self._handed_on(order, message)
+        except Exception:
+            self._requeue_after_bug(order, message)
+        finally:
+            limit.release()
+            self._finished()
+
+    def _requeue_after_bug(self, order: Order, message: QueuedMessage) -> None:
+        """A bug must not leave the message unsettled until a restart."""
+        log.exception("dispatch failed; message requeued", extra={"order_id": order.order_id})
+        message.reject(requeue=True)
 
     def _finished(self) -> None:
         with self._tasks_lock:
@@ -225,19 +217,25 @@ class Dispatcher:
             if self._unfinished == 0:
                 self._idle.set()
 
-    async def _dispatch(self, order: Order, message: QueuedMessage) -> None:
+    async def _dispatch(
+        self, order: Order, message: QueuedMessage, first: tuple[InvokeError, int] | None = None
+    ) -> None:
         try:
-            await self._invoke_with_retries(order, message)
-        except Exception:  # a bug must not leave the message unsettled until a restart
-            log.exception("dispatch failed; message requeued", extra={"order_id": order.order_id})
-            message.reject(requeue=True)
+            await self._invoke_with_retries(order, message, first)
+        except Exception:
+            self._requeue_after_bug(order, message)
         finally:
             self._finished()
 
-    async def _invoke_with_retries(self, order: Order, message: QueuedMessage) -> None:
+    async def _invoke_with_retries(
+        self, order: Order, message: QueuedMessage, first: tuple[InvokeError, int] | None = None
+    ) -> None:
         """Invoke until Lambda accepts; a failed attempt holds its slot while it backs off,
         a throttled one gives the slot up and does not count as an attempt, and neither
-        does an unanswered one (an outage of the endpoint: the order waits for it)."""
+        does an unanswered one (an outage of the endpoint: the order waits for it).
+
+        ``first``: how a worker's first attempt failed, and the round it was sent in;
+        its slot comes with it."""
         extra = {"order_id": order.order_id}
         payload = order.to_json()
         reason = ""
@@ -245,12 +243,17 @@ class Dispatcher:
         throttles = 0
         outages = 0
         limit = self.invoke_limit
-        await limit.acquire()
+        if first is None:
+            await limit.acquire()
         holding = True
         try:
             while True:
-                sent_in_round = limit.round
                 try:
+                    if first is not None:  # the worker's attempt, handled as this loop's own
+                        failed, sent_in_round = first
+                        first = None
+                        raise failed
+                    sent_in_round = limit.round
                     await self.invoker.invoke_event(self.function_name, payload)
                 except InvokeThrottled as exc:
                     limit.throttled(sent_in_round)

@@ -48,6 +48,8 @@ SERVICE = "lambda"
 ALGORITHM = "AWS4-HMAC-SHA256"
 #: Lambda's error code for throttling (HTTP 429), on the sync and the async path alike
 THROTTLED = "TooManyRequestsException"
+#: functions whose request template is kept (more, and they are made again)
+MAX_TEMPLATES = 64
 
 
 def _hmac(key: bytes, text: str) -> bytes:
@@ -62,6 +64,10 @@ class SigV4Signer:
         self.region = region
         self.service = service
         self._keys: dict[tuple[str, str], bytes] = {}
+        #: the last second stamped, its X-Amz-Date and its credential scope
+        self._second = -1
+        self._stamp = ""
+        self._scope = ""
 
     def _signing_key(self, secret: str, day: str) -> bytes:
         key = self._keys.get((secret, day))
@@ -71,6 +77,21 @@ class SigV4Signer:
                 key = _hmac(key, part)
             self._keys = {(secret, day): key}  # one day's key, for the current secret
         return key
+
+    def _date(self, now: float | None) -> tuple[str, str]:
+        """X-Amz-Date and the credential scope of ``now`` (the clock when None), formatted
+        once per second: a busy manager signs hundreds of requests in each."""
+        second = int(time.time() if now is None else now)
+        if second != self._second:
+            self._stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            self._scope = f"{self._stamp[:8]}/{self.region}/{self.service}/aws4_request"
+            self._second = second
+        return self._stamp, self._scope
+
+    def template(self, host: str, path: str, headers: dict[str, str]) -> SigV4Template:
+        """A signer for many requests to ``host`` and ``path`` with ``headers``, which
+        only the body, the time and the credentials tell apart."""
+        return SigV4Template(self, host, path, headers)
 
     def headers(
         self,
@@ -82,37 +103,71 @@ class SigV4Signer:
         now: float | None = None,
     ) -> dict[str, str]:
         """``headers`` plus Host, X-Amz-Date, the session token and Authorization."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-        day = stamp[:8]
-        signed = {"host": host, "x-amz-date": stamp}
-        signed.update((name.lower(), value) for name, value in headers.items())
-        if credentials.token:
-            signed["x-amz-security-token"] = credentials.token
-        names = sorted(signed)
-        canonical = "\n".join(
-            [
-                "POST",
-                quote(path, safe="/~"),
-                "",
-                "".join(f"{n}:{' '.join(signed[n].split())}\n" for n in names),
-                ";".join(names),
-                hashlib.sha256(body).hexdigest(),
-            ]
+        return self.template(host, path, headers).headers(body, credentials, now)
+
+
+class SigV4Template:
+    """The signature of one kind of request, with what does not change between requests
+    worked out once: the canonical request is a format string whose only blanks are the
+    date, the session token (when there is one) and the body's hash.
+
+    Only X-Amz-Date and X-Amz-Security-Token among the signed headers change per
+    request; they sort in that order, whatever else is signed, so the blanks' order is
+    fixed too.
+    """
+
+    def __init__(self, signer: SigV4Signer, host: str, path: str, headers: dict[str, str]) -> None:
+        self._signer = signer
+        self._host = host
+        self._headers = dict(headers)
+        #: token or not -> (the canonical request's format, the signed header names)
+        self._shapes = {token: self._shape(host, path, headers, token) for token in (False, True)}
+
+    @staticmethod
+    def _shape(host: str, path: str, headers: dict[str, str], token: bool) -> tuple[str, str]:
+        blanks = ["x-amz-date", "x-amz-security-token"] if token else ["x-amz-date"]
+        values = {"host": host}
+        values.update((name.lower(), value) for name, value in headers.items())
+        for name in blanks:  # the signer sets these, whatever ``headers`` say
+            values.pop(name, None)
+        names = sorted([*values, *blanks])
+        lines = "".join(
+            f"{n}:%s\n" if n in blanks else f"{n}:{_escaped(' '.join(values[n].split()))}\n"
+            for n in names
         )
-        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        path = _escaped(quote(path, safe="/~"))
+        return "\n".join(["POST", path, "", lines, ";".join(names), "%s"]), ";".join(names)
+
+    def headers(self, body: bytes, credentials: Any, now: float | None = None) -> dict[str, str]:
+        """The template's headers plus Host, X-Amz-Date, the session token and
+        Authorization, signed for ``body`` with ``credentials`` at ``now``."""
+        signer = self._signer
+        stamp, scope = signer._date(now)
+        token = credentials.token
+        body_hash = hashlib.sha256(body).hexdigest()
+        if token:
+            fmt, names = self._shapes[True]
+            canonical = fmt % (stamp, " ".join(token.split()), body_hash)
+        else:
+            fmt, names = self._shapes[False]
+            canonical = fmt % (stamp, body_hash)
         to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(
-            self._signing_key(credentials.secret_key, day), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
-        out = dict(headers, Host=host)
+        key = signer._signing_key(credentials.secret_key, stamp[:8])
+        signature = hmac.digest(key, to_sign.encode(), "sha256").hex()
+        out = dict(self._headers, Host=self._host)
         out["X-Amz-Date"] = stamp
-        if credentials.token:
-            out["X-Amz-Security-Token"] = credentials.token
+        if token:
+            out["X-Amz-Security-Token"] = token
         out["Authorization"] = (
             f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
-            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+            f"SignedHeaders={names}, Signature={signature}"
         )
         return out
+
+
+def _escaped(text: str) -> str:
+    """``text`` as it must appear in a %-format to come out unchanged."""
+    return text.replace("%", "%%")
 
 
 class EventInvoker:
@@ -157,6 +212,8 @@ class EventInvoker:
         self._address = (parts.hostname or "", parts.port or (443 if self._tls else 80))
         self._base_path = parts.path.rstrip("/")
         self._signer = SigV4Signer(self.region)
+        #: function name -> its invocations path and signer (the manager calls one)
+        self._templates: dict[str, tuple[str, SigV4Template]] = {}
         self.max_connections = max_connections
         self._idle: list[_Connection] = []  # most recently used last (warm ones first)
         #: through a proxy (HTTPS_PROXY and friends, as boto3 reads them) every call goes
@@ -173,14 +230,8 @@ class EventInvoker:
         """
         if self._proxied_client is not None:
             return await asyncio.to_thread(self._invoke_with_boto3, function_name, payload)
-        path = f"{self._base_path}/2015-03-31/functions/{quote(function_name, safe='')}/invocations"
-        headers = self._signer.headers(
-            self._host,
-            path,
-            payload,
-            {"X-Amz-Invocation-Type": "Event"},
-            self._credentials.get_frozen_credentials(),
-        )
+        path, template = self._templates.get(function_name) or self._template(function_name)
+        headers = template.headers(payload, self._credentials.get_frozen_credentials())
         status, answer, data = await self._post(path, headers, payload)
         if status == 202:
             return answer.get("x-amzn-requestid", "")
@@ -192,6 +243,15 @@ class EventInvoker:
         if status == 429 or code == THROTTLED:
             raise InvokeThrottled(f"{code}: {message}", _seconds(answer.get("retry-after")))
         raise InvokeError(f"{code}: {message}")
+
+    def _template(self, function_name: str) -> tuple[str, SigV4Template]:
+        """The path of ``function_name``'s Event invokes and their signer, made once."""
+        if len(self._templates) >= MAX_TEMPLATES:
+            self._templates.clear()
+        path = f"{self._base_path}/2015-03-31/functions/{quote(function_name, safe='')}/invocations"
+        template = self._signer.template(self._host, path, {"X-Amz-Invocation-Type": "Event"})
+        self._templates[function_name] = (path, template)
+        return path, template
 
     def _invoke_with_boto3(self, function_name: str, payload: bytes) -> str:
         try:

@@ -46,6 +46,11 @@ RECONNECT_BACKOFF_MAX_S = 10.0
 DRAIN_TIMEOUT_S = 60.0
 #: longest an ack waits to be sent with others (behind a delivery still in progress)
 ACK_HOLD_S = 0.05
+#: acks queued before a worker wakes the I/O thread for them; fewer wait for its next
+#: pass, which comes with the next delivery or after ``SETTLE_EVERY_S`` at the latest
+SETTLE_BATCH = 64
+#: the longest the I/O thread waits for the broker before it settles what is queued
+SETTLE_EVERY_S = 0.01
 
 
 def declare_topology(channel: BlockingChannel, queue: str) -> None:
@@ -57,8 +62,13 @@ def declare_topology(channel: BlockingChannel, queue: str) -> None:
 class _Settler:
     """Settles one channel's deliveries on the connection's I/O thread, many at a time.
 
-    Worker threads queue their acks and rejects here; one wake-up of the I/O loop takes
-    everything queued since the last. Acks are sent as one cumulative ``basic.ack``
+    Worker threads queue their acks and rejects here. Waking the I/O thread is a pipe
+    write and a GIL hand-over (9% of the manager's busy samples when every ack woke it:
+    docs/performance.md), so an ack does not wake it: the thread settles what is queued
+    on each pass of its loop (at least every ``SETTLE_EVERY_S``), and is woken only for
+    a reject or once ``SETTLE_BATCH`` acks wait; one wake-up takes everything queued
+    since the last. A message is still acked only after its worker acked it. Acks are
+    sent as one cumulative ``basic.ack``
     (``multiple=True``) up to the highest tag below which every delivery is settled, so
     the broker handles one frame for a run of messages instead of one each. An ack held
     behind a delivery still in progress is sent on its own after ``ACK_HOLD_S``, so a
@@ -71,6 +81,8 @@ class _Settler:
         self._channel = channel
         self._lock = threading.Lock()
         self._queued: list[tuple[int, str]] = []
+        #: a flush was asked of the I/O thread and has not run yet
+        self._wake_pending = False
         #: every tag up to the floor is settled
         self._floor = 0
         #: settled tags above the floor
@@ -83,8 +95,9 @@ class _Settler:
     def settle(self, tag: int, action: str) -> None:
         """Queue ``ack``, ``requeue`` or ``drop`` of one delivery (any thread)."""
         with self._lock:
-            wake = not self._queued
             self._queued.append((tag, action))
+            wake = not self._wake_pending and (action != "ack" or len(self._queued) >= SETTLE_BATCH)
+            self._wake_pending = self._wake_pending or wake
         if wake:
             try:
                 self._conn.add_callback_threadsafe(self.flush)
@@ -96,6 +109,7 @@ class _Settler:
         """Send what is queued (I/O thread only); ``force`` sends held acks too."""
         with self._lock:
             batch, self._queued = self._queued, []
+            self._wake_pending = False
         if not self._channel.is_open:
             return
         now = time.monotonic()
@@ -262,14 +276,15 @@ class RabbitMQTransport(Transport):
         channel.basic_consume(self.queue, deliver)
         log.info("consuming %s on %s (prefetch %d)", self.queue, self._where(), prefetch)
         while not stop.is_set():
-            conn.process_data_events(time_limit=ACK_HOLD_S)
-            settler.flush()  # acks held behind a slow delivery
+            conn.process_data_events(time_limit=SETTLE_EVERY_S)
+            settler.flush()  # acks queued since, and those held behind a slow delivery
         # Settle what is in flight before closing. The consumer stays registered until
         # then: RabbitMQ 3.10's quorum queues return messages whose ack arrives after
         # basic.cancel (docs/performance.md has the measurement).
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while settler.outstanding > 0 and time.monotonic() < deadline:
-            conn.process_data_events(time_limit=0.1)
+            conn.process_data_events(time_limit=SETTLE_EVERY_S)
+            settler.flush()
         settler.flush(force=True)
         if settler.outstanding:
             log.warning(

@@ -28,7 +28,7 @@ from courierflow.config import resolve_region
 from courierflow.errors import ConfigError
 from courierflow.local.lambda_service import isolated
 from courierflow.local.lambda_service.config import FunctionConfig
-from courierflow.local.lambda_service.protocol import encode, read_frame
+from courierflow.local.lambda_service.protocol import Frame, encode, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class Environment:
         self.last_used = self.created
         self.invocations = 0
 
-    async def invoke(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one invocation and wait for its reply.
+    async def invoke(self, request: dict[str, Any], payload: bytes, timeout: float) -> Frame:
+        """Send one invocation (``payload`` as it came) and wait for its reply and the
+        handler's response.
 
         Raises:
             asyncio.TimeoutError: past ``timeout``; the caller must kill the environment.
@@ -70,7 +71,7 @@ class Environment:
         """
         self.invocations += 1
         try:
-            self.writer.write(encode(request))
+            self.writer.write(encode(request, payload))
             if self.writer.transport.get_write_buffer_size() > DRAIN_ABOVE_BYTES:
                 await self.writer.drain()
             if _timeout is None:  # Python 3.10
@@ -349,7 +350,7 @@ class EnvironmentPool:
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello = await read_frame(reader)
+            hello, _ = await read_frame(reader)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             writer.close()  # an environment that died before saying hello
             return

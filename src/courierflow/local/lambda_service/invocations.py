@@ -164,7 +164,6 @@ class Function:
         self.counters.invocations += 1
         request = {
             "request_id": request_id,
-            "payload": payload.decode("utf-8"),
             "deadline": time.time() + self.config.timeout,
             "arn": self.config.arn,
             "tail": tail,  # the log block comes back only when the caller wants it
@@ -172,9 +171,8 @@ class Function:
         started = time.perf_counter()
         healthy = False
         try:
-            reply = await env.invoke(request, self.config.timeout)
+            reply, body = await env.invoke(request, payload, self.config.timeout)
             healthy = not reply.get("exit", False)
-            body = reply["body"].encode()
             if reply["ok"] and len(body) > RESPONSE_LIMIT:
                 outcome = self._service_side_error(request_id, _too_large(len(body)), started)
             else:

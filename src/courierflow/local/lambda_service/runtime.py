@@ -168,11 +168,12 @@ def serve_invocations(
     init_ms: float | None = (time.monotonic() - forked_at) * 1000
     sock.sendall(encode({"pid": os.getpid()}))
     while True:
-        request = recv_frame(sock)
-        if request is None:
+        frame = recv_frame(sock)
+        if frame is None:
             os._exit(0)
+        request, payload = frame
         _RequestIdFilter.request_id = request["request_id"]
-        reply, exit_code = invoke_once(config, handler, init_error, request)
+        reply, exit_code = invoke_once(config, handler, init_error, request, payload)
         text = output.take() + reply.pop("log_extra", "")
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         if reply.pop("out_of_memory", False) or (
@@ -194,7 +195,8 @@ def serve_invocations(
         os.write(log_fd, block.encode("utf-8", "replace"))
         reply["log"] = block if request.get("tail") else ""
         reply["exit"] = exit_code is not None
-        sock.sendall(encode(reply))
+        body = reply.pop("body").encode()
+        sock.sendall(encode(reply, body))
         if exit_code is not None:
             os._exit(exit_code)
 
@@ -260,8 +262,10 @@ def invoke_once(
     handler: Handler | None,
     init_error: dict[str, Any] | None,
     request: dict[str, Any],
+    payload: bytes,
 ) -> tuple[dict[str, Any], int | None]:
-    """Run the handler on one event; returns the reply and an exit code if the
+    """Run the handler on ``payload`` (the event as JSON, which the service checked);
+    returns the reply (``body``: the response as JSON text) and an exit code if the
     environment must end (the handler called sys.exit)."""
     request_id = request["request_id"]
     if handler is None:
@@ -271,7 +275,7 @@ def invoke_once(
     started = time.perf_counter()
     exit_code: int | None = None
     try:
-        event = json.loads(request["payload"]) if request["payload"] else {}
+        event = json.loads(payload.decode("utf-8")) if payload else {}
         result = handler(event, context)
         try:
             body, ok = json.dumps(result), True
