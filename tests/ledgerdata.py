@@ -54,33 +54,44 @@ def expected_counts(n: int) -> tuple[int, int, int]:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m tests.ledgerdata N [DIR]``: write an N-order ledger (in DIR, default a
-    temporary folder), summarise it as `courierflow submit` does at the end of a run, and
-    print the time and the process's peak RSS before and after."""
+    """``python -m tests.ledgerdata N [DIR] [--report [--started]]``: write an N-order
+    ledger (in DIR, default a temporary folder; a ledger already in DIR is read as it is),
+    summarise it as `courierflow submit` does at the end of a run, and print the time and
+    the process's peak RSS before and after. ``--report`` writes its report.html to DIR
+    instead, as `courierflow report` does (no upload time, no summary handed in);
+    ``--started`` hands it the upload time."""
     import resource
     import sys
     import tempfile
     import time
 
+    from courierflow.report.html import write_report
     from courierflow.report.summary import summarize_ledger
 
     def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    n = int(argv[0])
-    folder = Path(argv[1]) if len(argv) > 1 else Path(tempfile.mkdtemp())
-    ledger = synthetic_ledger(folder / "ledger.db", n)
-    ledger.close()
+    flags = {arg for arg in argv if arg.startswith("--")}
+    args = [arg for arg in argv if arg not in flags]
+    n = int(args[0])
+    folder = Path(args[1]) if len(args) > 1 else Path(tempfile.mkdtemp())
+    if not (folder / "ledger.db").exists():
+        synthetic_ledger(folder / "ledger.db", n).close()
     written = rss_mb()
     ledger = SQLiteLedger(folder / "ledger.db")
     wall, cpu = time.perf_counter(), time.process_time()
-    summary = summarize_ledger(ledger, None, SOURCE, T0)
+    if "--report" in flags:
+        started = T0 if "--started" in flags else None
+        write_report(ledger, SOURCE, started, folder / "report.html")
+        what = "report.html" + (" (upload time given)" if started else "")
+    else:
+        summary = summarize_ledger(ledger, None, SOURCE, T0)
+        assert (summary.delivered, summary.failed, summary.lost) == expected_counts(n)
+        what = f"summary (peak concurrency {summary.peak_concurrency})"
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    assert (summary.delivered, summary.failed, summary.lost) == expected_counts(n)
     sys.stdout.write(
-        f"{n:,} orders: summary in {wall:.1f} s ({cpu:.1f} s CPU), peak concurrency "
-        f"{summary.peak_concurrency}; peak RSS {written:.0f} MB after writing the ledger, "
-        f"{rss_mb():.0f} MB after the summary\n"
+        f"{n:,} orders: {what} in {wall:.1f} s ({cpu:.1f} s CPU); peak RSS {written:.0f} MB"
+        f" before, {rss_mb():.0f} MB after\n"
     )
 
 

@@ -7,7 +7,7 @@ import bisect
 import random
 import time
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from courierflow.ledger.sqlite_file import PAGE_ROWS
 from courierflow.orders import OrderState
 from courierflow.report import summary as summary_module
 from courierflow.report.html import render_report, write_report
+from courierflow.report.series import time_span
 from courierflow.report.summary import RunSummary, summarize, summarize_ledger
 from tests import ledgerdata
 
@@ -156,6 +157,56 @@ def test_the_report_streamed_from_the_ledger_is_the_report_of_every_record(
 
     assert streamed.read_text(encoding="utf-8") == listed
     assert given.read_text(encoding="utf-8") == listed
+
+
+def test_without_an_upload_time_the_streamed_report_is_the_report_of_every_record(
+    ledger: tuple[SQLiteLedger, FileRecord], tmp_path: Path
+) -> None:
+    """As `courierflow report` writes it: time zero is the first recorded time, found by
+    the same pass that sums the summary."""
+    book, file = ledger
+    records = book.orders(SOURCE)
+    first = time_span(records, None)[0]
+    assert first > T0  # the orders were queued after the upload began
+    listed = render_report(summarize(file, records, first), records, first)
+
+    streamed = write_report(book, SOURCE, None, tmp_path / "streamed.html")
+
+    assert streamed.read_text(encoding="utf-8") == listed
+
+
+class CountingLedger(SQLiteLedger):
+    """A SQLite ledger that counts the passes made over its orders and its trips."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.order_passes = self.trip_passes = 0
+
+    def iter_orders(self, source: str | None = None) -> Iterator[OrderRecord]:
+        self.order_passes += 1
+        return super().iter_orders(source)
+
+    def trip_events(self, source: str | None = None) -> Iterator[tuple[float, int]]:
+        self.trip_passes += 1
+        return super().trip_events(source)
+
+
+@pytest.mark.parametrize("started_at", [None, T0])
+def test_the_report_reads_the_orders_twice_and_sweeps_the_trips_once(
+    ledger: tuple[SQLiteLedger, FileRecord], tmp_path: Path, started_at: float | None
+) -> None:
+    """One pass finds the span and sums the summary, the other draws; a summary handed in
+    spares the trips' sweep."""
+    book, file = ledger
+    counting = CountingLedger(book.path)
+
+    write_report(counting, SOURCE, started_at, tmp_path / "report.html")
+    assert (counting.order_passes, counting.trip_passes) == (2, 1)
+
+    summary = summarize_ledger(book, file, SOURCE, T0)
+    counting.order_passes = counting.trip_passes = 0
+    write_report(counting, SOURCE, started_at, tmp_path / "given.html", summary=summary)
+    assert (counting.order_passes, counting.trip_passes) == (2, 0)
 
 
 def test_the_ledgers_trip_events_are_in_time_order_with_ends_first_at_a_tie(

@@ -1,6 +1,7 @@
 """What report.html draws, gathered in two passes over a run's ledger records.
 
-The first pass finds the time span and counts the deliveries; the second feeds fixed-size
+The first pass finds the time span and counts the deliveries (:class:`RunExtent`; the
+report feeds the run summary's totals from the same pass); the second feeds fixed-size
 counters (:mod:`courierflow.report.series`, :mod:`courierflow.report.stats`). Up to
 :data:`DETAIL_LIMIT` deliveries the timeline has one bar per delivery on its courier lane;
 past it the run is aggregated: a density strip of deliveries in flight per outcome,
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from courierflow.ledger.base import OrderRecord
 from courierflow.orders import OrderState
@@ -152,18 +153,43 @@ def _trips_by_outcome(
     return trips
 
 
-def aggregate_run(
-    records: Collection[OrderRecord], started_at: float | None, throughput_bins: int
-) -> RunAggregate:
-    """The report's figures from ``records``, read twice a chunk at a time; the series
-    start at ``started_at`` (None: the first recorded time)."""
-    span = Span()
-    deliveries = orders = 0
+@dataclass
+class RunExtent:
+    """What the first pass over a run's records finds: the time span, the orders and the
+    deliveries (started ones). Fed a chunk at a time, in any order, so one pass over the
+    orders can feed it and the summary's totals together."""
+
+    span: Span = field(default_factory=Span)
+    orders: int = 0
+    deliveries: int = 0
+
+    def add_many(self, chunk: list[OrderRecord]) -> None:
+        self.span.add_many(chunk)
+        self.orders += len(chunk)
+        self.deliveries += sum(1 for r in chunk if r.started_at is not None)
+
+
+def run_extent(records: Iterable[OrderRecord]) -> RunExtent:
+    """The extent of ``records``, read once a chunk at a time."""
+    extent = RunExtent()
     for chunk in chunks(records):
-        span.add_many(chunk)
-        orders += len(chunk)
-        deliveries += sum(1 for r in chunk if r.started_at is not None)
-    t0, t1 = span.bounds(started_at)
+        extent.add_many(chunk)
+    return extent
+
+
+def aggregate_run(
+    records: Collection[OrderRecord],
+    started_at: float | None,
+    throughput_bins: int,
+    extent: RunExtent | None = None,
+) -> RunAggregate:
+    """The report's figures from ``records``, read a chunk at a time: once for their
+    ``extent`` unless the caller found it, then once for the figures. The series start at
+    ``started_at`` (None: the first recorded time)."""
+    if extent is None:
+        extent = run_extent(records)
+    orders, deliveries = extent.orders, extent.deliveries
+    t0, t1 = extent.span.bounds(started_at)
     detailed = deliveries <= DETAIL_LIMIT
     at = instants(t0, t1, SERIES_POINTS)
     flight, depth = IntervalCounts(at), IntervalCounts(at)

@@ -1,10 +1,11 @@
 """The run report: one self-contained ``report.html`` (inline CSS and SVG, no script, no
 URL) and a timeline PNG, both built from the ledger records of one uploaded file.
 
-The figures come from :func:`courierflow.report.summary.summarize_ledger`; the drawings
-from :func:`courierflow.report.aggregate.aggregate_run`, which reads the records'
+The figures are those of :func:`courierflow.report.summary.summarize_ledger`; the drawings
+come from :func:`courierflow.report.aggregate.aggregate_run`, which reads the records'
 timestamps only (queued, started, finished), so the report can be written after the stack
-is gone. Both stream the ledger's records a page at a time (:class:`LedgerOrders`).
+is gone. The ledger's records are streamed a page at a time (:class:`LedgerOrders`), in
+two passes: the first sums the summary's totals and the drawings' span together.
 Past :data:`~courierflow.report.aggregate.DETAIL_LIMIT` deliveries the timeline is drawn
 as a density strip, so the page stays small however large the run. The markup is in
 ``templates/report.html.j2``.
@@ -28,13 +29,14 @@ from courierflow.report.aggregate import (
     MAX_LISTED,
     OUTCOMES,
     RunAggregate,
+    RunExtent,
     aggregate_run,
     assign_lanes,
 )
 from courierflow.report.pages import palette, render
-from courierflow.report.series import time_span
+from courierflow.report.series import chunks, time_span
 from courierflow.report.stats import EXACT_SAMPLES, LatencySketch
-from courierflow.report.summary import RunSummary, summarize_ledger
+from courierflow.report.summary import RunSummary, Totals, summarize_totals
 
 
 def read_rejects(text: str) -> list[tuple[int, str]]:
@@ -119,16 +121,20 @@ def render_report(
     records: Collection[OrderRecord],
     started_at: float | None = None,
     rejects: Sequence[tuple[int, str]] = (),
+    extent: RunExtent | None = None,
 ) -> str:
     """The whole report as one HTML document with no external reference.
 
     Parameters:
         summary: the run's figures (from :func:`summarize`).
-        records: the ledger records of the file's orders (read twice, never copied).
+        records: the ledger records of the file's orders (read twice, never copied; once
+            when ``extent`` is given).
         started_at: when the upload began (time zero of the charts); else the first time.
         rejects: (line, reason) of each rejected row.
+        extent: the records' span and counts when the caller has passed over them.
     """
-    run = aggregate_run(records, started_at, _throughput_bins(summary.delivered))
+    bins = _throughput_bins(summary.delivered)
+    run = aggregate_run(records, started_at, bins, extent)
     return render(
         "report.html.j2",
         summary=summary,
@@ -180,16 +186,25 @@ def write_report(
 
     ``started_at`` is when the upload began (None: the first recorded time); ``summary``
     the run's figures when the caller has them (None: summarised from the ledger). The
-    records are streamed from the ledger for each pass; returns ``out``.
+    records are streamed from the ledger twice: a first pass finds their span and counts
+    and, without a summary, sums the summary's totals too; the second draws. Returns
+    ``out``.
     """
     records = LedgerOrders(ledger, source)
-    t0 = started_at if started_at is not None else time_span(records, None)[0]
+    extent, totals = RunExtent(), Totals()
+    summing = summary is None
+    for chunk in chunks(records):
+        extent.add_many(chunk)
+        if summing:
+            totals.add_many(chunk)
+    # the upload's start is also what the summary's makespan counts from
+    t0 = started_at if started_at is not None else extent.span.bounds(None)[0]
     if summary is None:
         bucket, _, key = source.removeprefix("s3://").partition("/")
         file = ledger.get_file(bucket, key) if key else None
-        summary = summarize_ledger(ledger, file, source, t0)
+        summary = summarize_totals(ledger, file, source, totals, t0)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(summary, records, t0, rejects), encoding="utf-8")
+    out.write_text(render_report(summary, records, t0, rejects, extent), encoding="utf-8")
     return out
 
 

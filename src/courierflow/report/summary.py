@@ -6,7 +6,9 @@ latest delivery and the first :data:`LISTED_ORDERS` failed and lost orders, and 
 sweep over the trips' start and end events in time order, which keeps one number. The
 SQLite ledger sorts those events in SQL, so a million orders are summed in the memory of
 one chunk; DynamoDB cannot sort by an attribute, so its trips' times are sorted here
-(16 bytes a trip, :mod:`courierflow.ledger.trips`).
+(16 bytes a trip, :mod:`courierflow.ledger.trips`). report.html sums the same
+:class:`Totals` in the pass that finds its drawings' span (:func:`summarize_totals`), so
+the orders are not read once more for the summary.
 """
 
 from __future__ import annotations
@@ -93,9 +95,10 @@ def peak_concurrency(records: Iterable[OrderRecord]) -> int:
 
 
 @dataclass
-class _Totals:
-    """What one pass over a file's orders keeps: counts, sums, the latest delivery and
-    the first failed and lost orders by order id."""
+class Totals:
+    """What one pass over a file's orders keeps for the summary: counts, sums, the latest
+    delivery and the first failed and lost orders by order id. Fed a chunk at a time in
+    any order, so another pass over the same orders (report.html's first) can feed it."""
 
     counts: dict[OrderState, int] = field(default_factory=lambda: dict.fromkeys(OrderState, 0))
     duplicates: int = 0
@@ -113,42 +116,44 @@ class _Totals:
         self.failures.add_many([(r.order_id, r.reason) for r in chunk if r.state is failed])
         self.lost.add_many([r.order_id for r in chunk if not r.state.is_final])
 
+    def summary(self, file: FileRecord | None, started_at: float, peak: int) -> RunSummary:
+        """The figures of the orders added, with the ``peak`` concurrency swept from their
+        trips; ``started_at`` is when the upload began."""
+        repeat = file is not None and (file.started_at or 0) < started_at
+        delivered = self.counts[OrderState.DELIVERED]
+        end = self.last_delivered_at
+        makespan = end - started_at if end and not repeat else 0.0
+        failures, lost = self.failures.items(), self.lost.items()
+        return RunSummary(
+            file=file.source if file else "",
+            rows=file.rows if file else 0,
+            rejected=file.rejected if file else 0,
+            published=file.published if file and not repeat else 0,
+            skipped=file.skipped if file else 0,
+            delivered=delivered,
+            failed=self.failures.count,
+            lost=self.lost.count,
+            failures=failures,
+            lost_orders=lost,
+            failures_not_listed=self.failures.count - len(failures),
+            lost_orders_not_listed=self.lost.count - len(lost),
+            duplicates=self.duplicates,
+            makespan_s=round(makespan, 3),
+            peak_concurrency=peak,
+            throughput_per_s=round(delivered / makespan, 2) if makespan > 0 else 0.0,
+            refused=file.error if file and file.state.value == "refused" else "",
+            note="identical to an upload already processed: nothing was published again"
+            if repeat
+            else "",
+        )
 
-def _summary(
-    file: FileRecord | None, records: Iterable[OrderRecord], started_at: float, peak: int
-) -> RunSummary:
-    """The figures of one pass over ``records`` (read once, a chunk at a time, in any
-    order) with the ``peak`` concurrency swept from their trips."""
-    totals = _Totals()
+
+def _totals(records: Iterable[OrderRecord]) -> Totals:
+    """The totals of one pass over ``records``, a chunk at a time."""
+    totals = Totals()
     for chunk in chunks(records, SUMMARY_CHUNK):
         totals.add_many(chunk)
-    repeat = file is not None and (file.started_at or 0) < started_at
-    delivered = totals.counts[OrderState.DELIVERED]
-    end = totals.last_delivered_at
-    makespan = end - started_at if end and not repeat else 0.0
-    failures, lost = totals.failures.items(), totals.lost.items()
-    return RunSummary(
-        file=file.source if file else "",
-        rows=file.rows if file else 0,
-        rejected=file.rejected if file else 0,
-        published=file.published if file and not repeat else 0,
-        skipped=file.skipped if file else 0,
-        delivered=delivered,
-        failed=totals.failures.count,
-        lost=totals.lost.count,
-        failures=failures,
-        lost_orders=lost,
-        failures_not_listed=totals.failures.count - len(failures),
-        lost_orders_not_listed=totals.lost.count - len(lost),
-        duplicates=totals.duplicates,
-        makespan_s=round(makespan, 3),
-        peak_concurrency=peak,
-        throughput_per_s=round(delivered / makespan, 2) if makespan > 0 else 0.0,
-        refused=file.error if file and file.state.value == "refused" else "",
-        note="identical to an upload already processed: nothing was published again"
-        if repeat
-        else "",
-    )
+    return totals
 
 
 def summarize(
@@ -156,7 +161,7 @@ def summarize(
 ) -> RunSummary:
     """Figures for the orders of one file held in memory (read twice: once for the
     figures, once for the peak); ``started_at`` is when the upload began."""
-    return _summary(file, records, started_at, peak_concurrency(records))
+    return _totals(records).summary(file, started_at, peak_concurrency(records))
 
 
 def summarize_ledger(
@@ -167,5 +172,13 @@ def summarize_ledger(
     over the orders a page at a time (:meth:`~courierflow.ledger.base.Ledger.iter_orders`)
     and the peak swept over the trips' events in time order
     (:meth:`~courierflow.ledger.base.Ledger.trip_events`)."""
-    peak = peak_in_flight(ledger.trip_events(source))
-    return _summary(file, ledger.iter_orders(source), started_at, peak)
+    return summarize_totals(ledger, file, source, _totals(ledger.iter_orders(source)), started_at)
+
+
+def summarize_totals(
+    ledger: Ledger, file: FileRecord | None, source: str, totals: Totals, started_at: float
+) -> RunSummary:
+    """The figures of :func:`summarize_ledger` from ``totals`` already summed over the
+    orders of ``source`` by a pass the caller made (report.html's first), so the orders
+    are not read again: only the trips' events are swept for the peak."""
+    return totals.summary(file, started_at, peak_in_flight(ledger.trip_events(source)))
