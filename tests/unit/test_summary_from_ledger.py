@@ -159,20 +159,23 @@ def test_the_report_streamed_from_the_ledger_is_the_report_of_every_record(
     assert given.read_text(encoding="utf-8") == listed
 
 
-def test_without_an_upload_time_the_streamed_report_is_the_report_of_every_record(
+def test_without_an_upload_time_the_report_counts_from_the_files_start_not_a_repeat(
     ledger: tuple[SQLiteLedger, FileRecord], tmp_path: Path
 ) -> None:
-    """As `courierflow report` writes it: time zero is the first recorded time, found by
-    the same pass that sums the summary."""
+    """As `courierflow report` writes it after the run: time zero is when the publisher
+    began the file (the first order was queued after it). Counting from the first order
+    made every such report read as a repeated upload, with nothing published."""
     book, file = ledger
     records = book.orders(SOURCE)
-    first = time_span(records, None)[0]
-    assert first > T0  # the orders were queued after the upload began
-    listed = render_report(summarize(file, records, first), records, first)
+    assert file.started_at == T0 < time_span(records, None)[0]
+    summary = summarize(file, records, T0)
+    assert not summary.note and summary.published == file.published > 0
+    listed = render_report(summary, records, T0)
 
-    streamed = write_report(book, SOURCE, None, tmp_path / "streamed.html")
+    streamed = write_report(book, SOURCE, None, tmp_path / "streamed.html").read_text("utf-8")
 
-    assert streamed.read_text(encoding="utf-8") == listed
+    assert streamed == listed
+    assert "identical to an upload already processed" not in streamed
 
 
 class CountingLedger(SQLiteLedger):

@@ -197,11 +197,16 @@ def write_report(
         extent.add_many(chunk)
         if summing:
             totals.add_many(chunk)
-    # the upload's start is also what the summary's makespan counts from
-    t0 = started_at if started_at is not None else extent.span.bounds(None)[0]
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    file = ledger.get_file(bucket, key) if key and summary is None else None
+    # The upload's start is also what the summary's makespan counts from. Unknown (a
+    # report written after the run), the publisher's start on the file is the nearest;
+    # the first recorded order comes after it, and a start later than the file's would
+    # make the run read as a repeated upload.
+    t0 = started_at
+    if t0 is None:
+        t0 = file.started_at if file and file.started_at else extent.span.bounds(None)[0]
     if summary is None:
-        bucket, _, key = source.removeprefix("s3://").partition("/")
-        file = ledger.get_file(bucket, key) if key else None
         summary = summarize_totals(ledger, file, source, totals, t0)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(summary, records, t0, rejects, extent), encoding="utf-8")
