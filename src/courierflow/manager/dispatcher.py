@@ -218,7 +218,7 @@ class Dispatcher:
                 self._idle.set()
 
     async def _dispatch(
-        self, order: Order, message: QueuedMessage, first: tuple[InvokeError, int] | None = None
+        self, order: Order, message: QueuedMessage, first: tuple[InvokeError, int]
     ) -> None:
         try:
             await self._invoke_with_retries(order, message, first)
@@ -228,14 +228,14 @@ class Dispatcher:
             self._finished()
 
     async def _invoke_with_retries(
-        self, order: Order, message: QueuedMessage, first: tuple[InvokeError, int] | None = None
+        self, order: Order, message: QueuedMessage, first: tuple[InvokeError, int]
     ) -> None:
         """Invoke until Lambda accepts; a failed attempt holds its slot while it backs off,
         a throttled one gives the slot up and does not count as an attempt, and neither
         does an unanswered one (an outage of the endpoint: the order waits for it).
 
-        ``first``: how a worker's first attempt failed, and the round it was sent in;
-        its slot comes with it."""
+        ``first``: how the worker's first attempt failed, and the round it was sent in;
+        its slot comes with it (held on entry)."""
         extra = {"order_id": order.order_id}
         payload = order.to_json()
         reason = ""
@@ -243,15 +243,14 @@ class Dispatcher:
         throttles = 0
         outages = 0
         limit = self.invoke_limit
-        if first is None:
-            await limit.acquire()
+        pending: tuple[InvokeError, int] | None = first
         holding = True
         try:
             while True:
                 try:
-                    if first is not None:  # the worker's attempt, handled as this loop's own
-                        failed, sent_in_round = first
-                        first = None
+                    if pending is not None:  # the worker's attempt, handled as this loop's own
+                        failed, sent_in_round = pending
+                        pending = None
                         raise failed
                     sent_in_round = limit.round
                     await self.invoker.invoke_event(self.function_name, payload)
