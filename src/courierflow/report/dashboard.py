@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between two snapshots pushed on /events
 SNAPSHOT_INTERVAL_S = 1.0
+#: how many times per interval an event stream looks for a new snapshot
+PUSH_CHECKS = 10
 #: how many latest state changes a snapshot lists
 LATEST_EVENTS = 20
 #: window of the "throughput now" figure, in seconds
@@ -280,11 +282,16 @@ def create_app(
 
         async def stream() -> AsyncIterator[str]:
             yield f"retry: {int(interval_s * 3000)}\n\n"
+            sent: dict[str, Any] | None = None
             while not stopping.is_set() and not await request.is_disconnected():
+                # each snapshot as soon as the snapshot thread has built it: pushing on a
+                # clock of the stream's own would show the page data up to two intervals old
                 doc = snapshotter.snapshot()
-                yield f"data: {json.dumps(doc, separators=(',', ':'))}\n\n"
+                if doc is not sent:
+                    sent = doc
+                    yield f"data: {json.dumps(doc, separators=(',', ':'))}\n\n"
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+                    await asyncio.wait_for(stopping.wait(), timeout=interval_s / PUSH_CHECKS)
 
         return StreamingResponse(
             stream(),
