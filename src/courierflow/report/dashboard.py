@@ -199,8 +199,9 @@ class Snapshotter:
             time.sleep(self.interval_s)
             try:
                 snap = self._build()
-            except CourierflowError as exc:  # the ledger busy or gone: keep the last one
-                log.warning("dashboard snapshot failed: %s", exc)
+            except Exception:  # the ledger busy or gone, or a bug: keep the last one, and
+                # keep the thread, or the page would freeze on it without a word
+                log.exception("dashboard snapshot failed; the page keeps the last one")
                 continue
             with self._lock:
                 self._last = snap
