@@ -78,6 +78,10 @@ def delivered(info: stack.StackInfo) -> int:
     return open_ledger(info.ledger_url).counts()[OrderState.DELIVERED]
 
 
+def delivering(info: stack.StackInfo) -> int:
+    return open_ledger(info.ledger_url).counts()[OrderState.DELIVERING]
+
+
 @both_transports
 def test_manager_killed_mid_run_redelivers_without_duplicates(
     tmp_path: Path, amqp_url: str, transport: str
@@ -141,6 +145,10 @@ def test_lambda_service_killed_mid_run_orders_are_caught_by_the_reconciler(
         uploaded = time.time()
         key, etag = runner.upload(info, tmp_path / "orders.csv")
         wait_until(lambda: delivered(info) > len(ids) // 5, 60, "deliveries under way")
+        # the kill must find trips running (their trip is >= 100 ms, this check a few ms
+        # before the kill): over SQS moto hands out ~20 orders/s, and a kill between
+        # batches found nothing in flight, so nothing for the reconciler to catch
+        wait_until(lambda: delivering(info) >= 3, 60, "three trips running at once")
         os.killpg(info.pids["lambda"], signal.SIGKILL)  # service, zygotes, environments
         time.sleep(0.5)
         stack.restart(home, "lambda")
