@@ -109,6 +109,48 @@ def test_every_published_message_is_confirmed_and_consumed_once(transport: Trans
     assert transport.depth() == 0
 
 
+def test_an_idle_rabbitmq_consumer_sleeps_yet_takes_a_new_message_at_once(
+    rabbit: RabbitMQTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing in flight the I/O thread waits long (here 5 s) instead of waking every
+    ``SETTLE_EVERY_S`` (100 times a second); a delivery still ends that wait at once."""
+    monkeypatch.setattr(rabbitmq_module, "IDLE_WAIT_S", 5.0)
+    rabbit.publish(messages(1, "warm"))  # declares the queue
+    consume(rabbit, 1)
+    passes: list[float] = []
+    original = pika.BlockingConnection.process_data_events
+    consumer_thread: list[int] = []
+
+    def counted(self: pika.BlockingConnection, time_limit: float | None = 0) -> None:
+        if threading.get_ident() in consumer_thread:
+            passes.append(time.monotonic())
+        original(self, time_limit)
+
+    monkeypatch.setattr(pika.BlockingConnection, "process_data_events", counted)
+    arrived: list[float] = []
+    stop = threading.Event()
+
+    def on_message(d: QueuedMessage) -> None:
+        arrived.append(time.monotonic())
+        d.ack()
+        stop.set()
+
+    def run() -> None:
+        consumer_thread.append(threading.get_ident())
+        rabbit.consume(on_message, prefetch=10, stop=stop)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    time.sleep(2.0)
+    idle_passes = len(passes)
+    published = time.monotonic()
+    rabbit.publish(messages(1, "late"))
+    worker.join(30)
+    assert not worker.is_alive()
+    assert idle_passes <= 5, f"{idle_passes} passes in 2 s idle"
+    assert arrived and arrived[0] - published < 2.0
+
+
 def test_rabbitmq_messages_are_persistent_json_with_the_order_id_header(
     rabbit: RabbitMQTransport, amqp_url: str
 ) -> None:
