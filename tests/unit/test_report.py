@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import html
 import itertools
 import json
@@ -185,6 +186,29 @@ def test_write_report_reads_the_files_orders_and_figures_from_the_ledger(tmp_pat
     assert 'data-figure="rows"><div class="v">6<' in page
     assert 'data-figure="rejected"><div class="v">1<' in page
     assert "no id" in page
+
+
+def test_rejected_rows_that_cannot_be_read_are_said_to_be_unlisted_not_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After `courierflow down` the local bucket is gone: the page keeps the ledger's count
+    of rejected rows and says they are not listed, rather than "Rejected rows (0) none"."""
+    from courierflow.config import Settings
+    from courierflow.local.processes import free_port
+    from courierflow.report.run import write_run_report
+
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.begin_file("b", "orders.csv", "etag", now=T0)
+    ledger.add_queued(["o1"], "s3://b/orders.csv", now=T0 + 0.1)
+    ledger.finish_file("b", "orders.csv", "etag", _done(), rows=3, published=1, rejected=2,
+                       now=T0 + 0.2)  # fmt: skip
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: the stack is down
+    settings = Settings.from_env({"COURIERFLOW_HOME": str(tmp_path)})
+    settings = dataclasses.replace(settings, local_aws_url=nobody)
+    page = write_run_report(ledger, tmp_path / "report.html", settings=settings).read_text()
+    assert "Rejected rows (2)</h2>" in page
+    assert 'data-rejects="unread"' in page and "none</p>" not in page.split("Rejected rows")[1]
+    assert "s3://b/rejects/orders.csv cannot be read" in caplog.text
 
 
 def _done() -> Any:

@@ -69,7 +69,7 @@ def run(
             Settings.from_env(), file, wanted, stall_timeout, keep_up=keep_up,
             report_html=report_html, plot=plot, starting=render.starting_stack, on_progress=show,
         )  # fmt: skip
-    render.run_summary(finished.summary, finished.rejects, output)
+    render.run_summary(finished.summary, finished.rejects or [], output)
     if finished.report is not None:
         render.report_written(finished.report, plot)
     _finish(finished, report_json)
@@ -124,7 +124,7 @@ def submit(
             return
         with render.progress_bars() as show:
             finished = runner.submit_file(info, file, started, stall_timeout, settings, show)
-    render.run_summary(finished.summary, finished.rejects, output)
+    render.run_summary(finished.summary, finished.rejects or [], output)
     _finish(finished, report_json)
 
 

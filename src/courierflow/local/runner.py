@@ -91,8 +91,9 @@ class FollowedRun:
     """A file followed to the end."""
 
     summary: RunSummary
-    #: (line, reason) of each row the publisher rejected, from its rejects file
-    rejects: list[tuple[int, str]]
+    #: (line, reason) of each row the publisher rejected, from its rejects file (None:
+    #: that file could not be read)
+    rejects: list[tuple[int, str]] | None
     #: report.html, when one was written
     report: Path | None = None
 

@@ -120,7 +120,7 @@ def render_report(
     summary: RunSummary,
     records: Collection[OrderRecord],
     started_at: float | None = None,
-    rejects: Sequence[tuple[int, str]] = (),
+    rejects: Sequence[tuple[int, str]] | None = (),
     extent: RunExtent | None = None,
 ) -> str:
     """The whole report as one HTML document with no external reference.
@@ -130,7 +130,8 @@ def render_report(
         records: the ledger records of the file's orders (read twice, never copied; once
             when ``extent`` is given).
         started_at: when the upload began (time zero of the charts); else the first time.
-        rejects: (line, reason) of each rejected row.
+        rejects: (line, reason) of each rejected row; None: unknown (the rejects report
+            could not be read), and the page says so.
         extent: the records' span and counts when the caller has passed over them.
     """
     bins = _throughput_bins(summary.delivered)
@@ -150,7 +151,7 @@ def render_report(
                  "start to end": run.trips.percentiles()},
         exact=run.waits.exact and run.trips.exact,
         exact_samples=EXACT_SAMPLES,
-        rejects=list(rejects),
+        rejects=None if rejects is None else list(rejects),
         max_listed=MAX_LISTED,
         **_drawings(run),
     )  # fmt: skip
@@ -179,7 +180,7 @@ def write_report(
     source: str,
     started_at: float | None,
     out: Path,
-    rejects: Sequence[tuple[int, str]] = (),
+    rejects: Sequence[tuple[int, str]] | None = (),
     summary: RunSummary | None = None,
 ) -> Path:
     """Write ``report.html`` for the orders of ``source`` (``s3://bucket/key``) to ``out``.

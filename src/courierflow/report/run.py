@@ -34,12 +34,13 @@ def latest_source(ledger: Ledger) -> str:
     return latest[1]
 
 
-def fetch_rejects(source: str, settings: Settings | None = None) -> list[tuple[int, str]]:
-    """(line, reason) of the rows the publisher rejected from ``source``; empty when the
-    file had none or its bucket cannot be reached any more (the local stack is down).
-    The bucket is reached as ``settings`` say (the local stack's S3), else as boto3
-    resolves it."""
+def fetch_rejects(source: str, settings: Settings | None = None) -> list[tuple[int, str]] | None:
+    """(line, reason) of the rows the publisher rejected from ``source``: empty when the
+    file had none, None when its rejects report cannot be read (the local stack's bucket
+    is gone once the stack is down; or no access). The bucket is reached as ``settings``
+    say (the local stack's S3), else as boto3 resolves it."""
     bucket, _, key = source.removeprefix("s3://").partition("/")
+    where = f"s3://{bucket}/{rejects_key(key)}"
     patience = Config(connect_timeout=3, retries={"max_attempts": 2})
     try:
         if settings is None:
@@ -49,11 +50,26 @@ def fetch_rejects(source: str, settings: Settings | None = None) -> list[tuple[i
         body = s3.get_object(Bucket=bucket, Key=rejects_key(key))["Body"]
         return read_rejects(body.read().decode("utf-8", errors="replace"))
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-            log.warning("rejects report of %s unreadable: %s", source, exc)
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return []
+        why = str(exc)
     except BotoCoreError as exc:
-        log.warning("rejects report of %s unreachable: %s", source, exc)
-    return []
+        why = str(exc)
+    log.warning(
+        "the rejected rows are not listed: %s cannot be read (%s). A local stack's bucket "
+        "lives only while the stack is up: write the report before `courierflow down`",
+        where,
+        why,
+    )
+    return None
+
+
+def _rejected_any(ledger: Ledger, source: str) -> bool:
+    """Whether the publisher rejected rows of ``source`` (True when the ledger does not
+    say: the file's record is missing)."""
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    record = ledger.get_file(bucket, key)
+    return record is None or record.rejected > 0
 
 
 def write_run_report(
@@ -68,14 +84,17 @@ def write_run_report(
 ) -> Path:
     """Write ``report.html`` (and the timeline PNG when ``plot`` is given) for ``source``,
     by default the latest file in the ledger; returns the report's path. ``rejects``
-    are fetched from the bucket (reached as ``settings`` say) unless given; ``summary``
+    are fetched from the bucket (reached as ``settings`` say) unless given (the page
+    says so when they cannot be read); ``summary``
     is computed from the ledger unless given (a run passes the one it printed).
 
     The page streams the ledger's records; the PNG draws one bar per delivery, so it
     reads them all at once."""
     source = source or latest_source(ledger)
-    if rejects is None:
+    if rejects is None and _rejected_any(ledger, source):
         rejects = fetch_rejects(source, settings)
+    elif rejects is None:
+        rejects = []
     write_report(ledger, source, started_at, out, rejects, summary)
     if plot is not None:
         plot_timeline(ledger.orders(source), plot, started_at)
