@@ -14,7 +14,6 @@ metric a top-level number. Locally the same lines land in the function's log.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 import time
@@ -22,13 +21,13 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TextIO
 
+from courierflow.logs import encode_line
+
 #: the CloudWatch namespace of every courierflow metric (the template's dashboard reads it)
 NAMESPACE = "courierflow"
 #: the specification's limits: dimension keys in a dimension set, metrics in a directive
 MAX_DIMENSIONS = 30
 MAX_METRICS = 100
-#: one encoder for every record (``json.dumps`` with options builds one per call)
-_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 class Metric(StrEnum):
@@ -142,7 +141,7 @@ def emit(
         properties=properties,
         timestamp_ms=int(clock() * 1000),
     )
-    line = _ENCODER.encode(doc)
+    line = encode_line(doc)  # an EMF record is a log line: the same compact JSON
     out = stream or sys.stdout
     out.write(line + "\n")
     out.flush()
