@@ -138,7 +138,18 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """True when ``pid`` has exited and only waits for its parent to reap it. A stack's
+    processes outlive `up`, so their parent is the machine's init, which may reap late
+    (this VM's, every ~2 s: each `down` waited that long per process)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[:1] == [b"Z"]
+    except OSError:
+        return False
 
 
 def spawn(
