@@ -4,6 +4,7 @@ follow its orders through the ledger until they finish, and gather what a report
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -18,8 +19,15 @@ from courierflow.local.stack import StackInfo, StackOptions, local_client
 from courierflow.orders import OrderState
 from courierflow.report.summary import RunSummary, summarize_ledger
 
+log = logging.getLogger(__name__)
+
 #: seconds between looks at the ledger while following a run
 POLL_S = 0.5
+#: seconds without change, the file published, before the orders themselves are read to
+#: see whether every one has finished. The running counts can be off: on DynamoDB a
+#: process killed between an order's write and its count's (a Lambda timeout) leaves
+#: them so, and a run that had finished then waited out the whole stall timeout
+RECOUNT_AFTER_S = 10.0
 
 
 @dataclass
@@ -50,6 +58,13 @@ def upload(info: StackInfo, path: Path, key: str | None = None) -> tuple[str, st
     return key, etag
 
 
+def _every_order_finished(ledger: Ledger, source: str) -> bool:
+    """Whether every order of ``source`` is delivered or failed, read from the orders
+    (stops at the first that is not)."""
+    done = (OrderState.DELIVERED, OrderState.FAILED)
+    return all(record.state in done for record in ledger.iter_orders(source))
+
+
 def follow(
     ledger: Ledger,
     bucket: str,
@@ -65,6 +80,7 @@ def follow(
     source = f"s3://{bucket}/{key}"
     last_change = time.monotonic()
     last_seen: tuple[object, ...] = ()
+    recounted = False  # in this spell without change
     while True:
         file = ledger.get_file(bucket, key, etag)
         counts = ledger.counts(source)
@@ -72,11 +88,23 @@ def follow(
         on_progress(progress)
         seen = (file.state if file else None, tuple(counts.values()))
         if seen != last_seen:
-            last_seen, last_change = seen, time.monotonic()
+            last_seen, last_change, recounted = seen, time.monotonic(), False
         file_done = file is not None and file.state is not FileState.PROCESSING
         if file_done and progress.finished == progress.total:
             break
-        if time.monotonic() - last_change > stall_timeout_s:
+        quiet = time.monotonic() - last_change
+        if file_done and not recounted and quiet > RECOUNT_AFTER_S:
+            recounted = True
+            if _every_order_finished(ledger, source):
+                log.warning(
+                    "the ledger's running counts of %s say %d of %d orders finished, its "
+                    "orders say all: the summary is read from the orders",
+                    source,
+                    progress.finished,
+                    progress.total,
+                )
+                break
+        if quiet > stall_timeout_s:
             break
         time.sleep(POLL_S)
     return summarize_ledger(ledger, ledger.get_file(bucket, key, etag), source, started_at)
