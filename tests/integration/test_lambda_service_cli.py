@@ -282,25 +282,6 @@ def test_sigterm_stops_every_environment_and_zygote(tmp_path: Path) -> None:
         svc.stop()
 
 
-def test_sigterm_does_not_wait_out_an_sqs_event_sources_long_poll(
-    tmp_path: Path, moto_server: str
-) -> None:
-    """The event source long-polls 5 s at a time; a stop used to wait for the receive."""
-    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
-    url = sqs.create_queue(QueueName=f"esm-stop-{free_port()}")["QueueUrl"]
-    env = {**os.environ, "AWS_ENDPOINT_URL_SQS": moto_server}
-    svc = serve(tmp_path, "--function", "echo=samples:echo", "--event-source-sqs", f"echo={url}",
-                env=env)  # fmt: skip
-    try:
-        time.sleep(2.5)  # the receivers are in their long polls on the empty queue
-        stopped = time.monotonic()
-        svc.process.send_signal(signal.SIGTERM)
-        assert svc.process.wait(10) == 0
-        assert time.monotonic() - stopped < 2.0  # the poll had 2.5-3 s left
-    finally:
-        svc.stop()
-
-
 def test_logs_follow_prints_new_invocations_as_they_happen(served: Served) -> None:
     follower = subprocess.Popen(
         [str(COURIERFLOW), "lambda", "logs", "idle", "--follow", "--state-dir",
