@@ -8,15 +8,12 @@ whole batch to the queue's visibility timeout and redrive policy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -31,36 +28,6 @@ log = logging.getLogger(__name__)
 WAIT_TIME_S = 5
 #: receive loops per mapping at most (each waits on the queue and then on the function)
 MAX_RECEIVERS = 64
-
-T = TypeVar("T")
-
-
-async def off_loop(call: Callable[[], T]) -> T:
-    """``call()`` on a daemon thread of its own. A long poll then never holds up the
-    service's exit: the default executor's threads are joined when the loop closes, which
-    made every stop wait out a receive (up to ``WAIT_TIME_S``). What such a receive gets
-    after the stop goes back to the queue after its visibility timeout, as on any stop."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if done.done():  # cancelled: the service is stopping
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = call(), None
-        except BaseException as exc:  # handed to the awaiting task, raised there
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed already
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="sqs-poll", daemon=True).start()
-    return await done
 
 
 def sqs_event(queue_arn: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,14 +70,16 @@ class SqsPoller:
 
     async def run(self) -> None:
         """Poll with several concurrent receivers (Lambda scales its pollers with load)."""
-        arn = await off_loop(self._queue_arn)
+        loop = asyncio.get_running_loop()
+        arn = await loop.run_in_executor(None, self._queue_arn)
         receivers = max(1, min(MAX_RECEIVERS, self.function.config.concurrency))
         await asyncio.gather(*(self._poll(arn) for _ in range(receivers)))
 
     async def _poll(self, arn: str) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                messages = await off_loop(self._receive)
+                messages = await loop.run_in_executor(None, self._receive)
             except (ClientError, BotoCoreError) as exc:
                 log.warning("polling %s failed: %s; retrying", self.queue_url, exc)
                 await asyncio.sleep(2)
