@@ -1,9 +1,8 @@
 """Amazon SQS transport: the fully managed alternative to RabbitMQ.
 
 Publishing sends batches of 10 (``SendMessageBatch``) with several calls in flight and
-retries the entries SQS reports as failed. Consuming long-polls with several receivers
-(:mod:`courierflow.transports.sqs_consumer`, which also says how it stops); a message is
-deleted only when the consumer acks it (after Lambda accepted the
+retries the entries SQS reports as failed. Consuming long-polls with several receivers;
+a message is deleted only when the consumer acks it (after Lambda accepted the
 invocation), backed off with ``ChangeMessageVisibility`` when requeued, and moved to the
 dead-letter queue (named ``QUEUE-dlq``) with its reason when rejected. The redrive policy
 (``maxReceiveCount``) dead-letters poison messages on its own.
@@ -16,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,8 +31,6 @@ from courierflow.backoff import backoff_delay
 from courierflow.config import resolve_region
 from courierflow.errors import PublishError, TransportError
 from courierflow.transports.base import DeadLetter, OutgoingMessage, QueuedMessage, Transport
-from courierflow.transports.sqs_consumer import BATCH_SIZE, RECEIVERS, SqsConsumer
-from courierflow.transports.sqs_consumer import aws_error as _aws
 from courierflow.transports.sqs_dead_letters import (
     ORDER_ID_ATTRIBUTE,
     REASON_ATTRIBUTE,
@@ -42,6 +40,8 @@ from courierflow.transports.sqs_dead_letters import (
 
 log = logging.getLogger(__name__)
 
+#: SQS's limit on entries per batch call
+BATCH_SIZE = 10
 #: batch calls in flight while publishing
 PUBLISH_CONCURRENCY = 16
 #: attempts at one entry SQS reported as failed
@@ -60,15 +60,40 @@ MAX_RECEIVES = 5
 WAIT_TIME_S = 20
 #: seconds a received message stays invisible; longer than an Invoke takes
 VISIBILITY_TIMEOUT_S = 60
+#: receivers polling at once
+RECEIVERS = 4
+#: seconds an ack waits for others to share its DeleteMessageBatch call
+DELETE_LINGER_S = 0.05
 #: the queue's counts of messages ready, received and not yet deleted, and delayed
 READY = "ApproximateNumberOfMessages"
 IN_FLIGHT = "ApproximateNumberOfMessagesNotVisible"
 DELAYED = "ApproximateNumberOfMessagesDelayed"
 
 
+def _aws(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code')}: {err.get('Message')}"
+    return str(exc)
+
+
 def _chunks(items: Iterator[OutgoingMessage], size: int) -> Iterator[list[OutgoingMessage]]:
     while batch := list(itertools.islice(items, size)):
         yield batch
+
+
+class _SqsMessage(QueuedMessage):
+    def __init__(self, transport: SQSTransport, message: dict[str, Any]) -> None:
+        self._transport = transport
+        self._message = message
+        self.body = message["Body"].encode()
+        self.delivery_count = receive_count(message) - 1
+
+    def ack(self) -> None:
+        self._transport._settle(self._message, "ack")
+
+    def reject(self, requeue: bool) -> None:
+        self._transport._settle(self._message, "requeue" if requeue else "dead-letter")
 
 
 class SQSTransport(Transport):
@@ -90,6 +115,8 @@ class SQSTransport(Transport):
         self._url = ""
         self._dlq_url = ""
         self.wait_time_s = wait_time_s
+        self._slots: threading.BoundedSemaphore | None = None
+        self._acks: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
 
     # --- queue names and topology --------------------------------------------------------
@@ -198,33 +225,114 @@ class SQSTransport(Transport):
         self, on_message: Callable[[QueuedMessage], None], prefetch: int, stop: threading.Event
     ) -> None:
         url, _ = self._urls()
+        self._slots = threading.BoundedSemaphore(max(prefetch, BATCH_SIZE))
+        receivers = [
+            threading.Thread(target=self._receive_loop, args=(url, on_message, stop), daemon=True)
+            for _ in range(RECEIVERS)
+        ]
         log.info("consuming %s with %d receivers (prefetch %d)", self.name, RECEIVERS, prefetch)
-        SqsConsumer(self._client, url, self.wait_time_s, prefetch, self._reject).run(
-            on_message, stop
-        )
+        deleter = threading.Thread(target=self._delete_loop, args=(url, stop), daemon=True)
+        deleter.start()
+        for thread in receivers:
+            thread.start()
+        for thread in receivers:
+            thread.join()
+        self._acks.put(None)  # receivers are done: flush what is acked and stop
+        deleter.join()
 
-    def _reject(self, message: dict[str, Any], requeue: bool) -> None:
-        """Requeue ``message`` after a pause that grows with its receives, or move it to
-        the dead-letter queue with its reason (botocore's errors pass through)."""
+    def _delete_loop(self, url: str, stop: threading.Event) -> None:
+        """Delete acked messages with DeleteMessageBatch, up to 10 per call."""
+        done = False
+        while not done:
+            batch: list[str] = []
+            handle = self._acks.get()
+            while handle is not None:
+                batch.append(handle)
+                if len(batch) == BATCH_SIZE:
+                    break
+                try:
+                    handle = self._acks.get(timeout=DELETE_LINGER_S)
+                except queue.Empty:
+                    break
+            done = handle is None  # the end mark: nothing more will be acked
+            if batch:
+                self._delete_batch(url, batch)
+
+    def _delete_batch(self, url: str, handles: list[str]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
+        try:
+            result = self._client.delete_message_batch(QueueUrl=url, Entries=entries)
+            failed = result.get("Failed") or []
+            if failed:
+                log.warning("%d deletes failed; those messages come back later", len(failed))
+        except (ClientError, BotoCoreError) as exc:
+            # Not deleted: the messages reappear after their visibility timeout. Not lost.
+            log.warning("DeleteMessageBatch failed: %s", _aws(exc))
+        finally:
+            if self._slots is not None:
+                for _ in handles:
+                    self._slots.release()
+
+    def _receive_loop(
+        self, url: str, on_message: Callable[[QueuedMessage], None], stop: threading.Event
+    ) -> None:
+        assert self._slots is not None
+        while not stop.is_set():
+            for _ in range(BATCH_SIZE):  # room for a full batch before asking for one
+                while not self._slots.acquire(timeout=0.5):
+                    if stop.is_set():
+                        return
+            try:
+                got = self._client.receive_message(
+                    QueueUrl=url,
+                    MaxNumberOfMessages=BATCH_SIZE,
+                    WaitTimeSeconds=self.wait_time_s,
+                    AttributeNames=["ApproximateReceiveCount"],
+                    MessageAttributeNames=["All"],
+                )
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("ReceiveMessage failed: %s; retrying", _aws(exc))
+                got = {}
+                stop.wait(1.0)
+            messages = got.get("Messages") or []
+            for _ in range(BATCH_SIZE - len(messages)):
+                self._slots.release()
+            for message in messages:
+                on_message(_SqsMessage(self, message))
+
+    def _settle(self, message: dict[str, Any], action: str) -> None:
         url, dlq_url = self._urls()
         handle = message["ReceiptHandle"]
-        if requeue:
-            pause = backoff_delay(
-                receive_count(message), REQUEUE_BACKOFF_BASE_S, REQUEUE_BACKOFF_MAX_S
-            )
-            self._client.change_message_visibility(
-                QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=math.ceil(pause)
-            )
+        if action == "ack":
+            self._acks.put(handle)  # deleted in batches; the slot is freed then
             return
-        attributes = dict(message.get("MessageAttributes") or {})
-        attributes[REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": "rejected"}
-        extra = {"MessageGroupId": "dead-letters"} if self.fifo else {}
-        if self.fifo:
-            extra["MessageDeduplicationId"] = message["MessageId"]
-        self._client.send_message(
-            QueueUrl=dlq_url, MessageBody=message["Body"], MessageAttributes=attributes, **extra
-        )
-        self._client.delete_message(QueueUrl=url, ReceiptHandle=handle)
+        try:
+            if action == "requeue":
+                pause = backoff_delay(
+                    receive_count(message), REQUEUE_BACKOFF_BASE_S, REQUEUE_BACKOFF_MAX_S
+                )
+                self._client.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=math.ceil(pause)
+                )
+            else:
+                attributes = dict(message.get("MessageAttributes") or {})
+                attributes[REASON_ATTRIBUTE] = {"DataType": "String", "StringValue": "rejected"}
+                extra = {"MessageGroupId": "dead-letters"} if self.fifo else {}
+                if self.fifo:
+                    extra["MessageDeduplicationId"] = message["MessageId"]
+                self._client.send_message(
+                    QueueUrl=dlq_url,
+                    MessageBody=message["Body"],
+                    MessageAttributes=attributes,
+                    **extra,
+                )
+                self._client.delete_message(QueueUrl=url, ReceiptHandle=handle)
+        except (ClientError, BotoCoreError) as exc:
+            # Not settled: the message reappears after its visibility timeout. Not lost.
+            log.warning("could not %s an SQS message: %s", action, _aws(exc))
+        finally:
+            if self._slots is not None:
+                self._slots.release()
 
     # --- inspection and dead letters ---------------------------------------------------
 
