@@ -27,7 +27,7 @@ from rich.table import Table
 from courierflow.aws.cli import Output, echo_json
 from courierflow.dead_letters import DeadLetterView
 from courierflow.errors import ConnectionLost, CourierflowError
-from courierflow.ledger.base import FileState, OrderRecord
+from courierflow.ledger.base import FileState, OrderRecord, split_source
 from courierflow.local import runner
 from courierflow.local.stack import StackInfo
 from courierflow.orders import OrderState
@@ -167,7 +167,7 @@ def run_summary(s: RunSummary, rejects: list[tuple[int, str]], output: Output) -
             s.rejected,
             "rejected rows",
         )
-        bucket = s.file.removeprefix("s3://").partition("/")[0]
+        bucket, _ = split_source(s.file)
         stderr.print(
             f"rejected rows are listed in s3://{bucket}/rejects/ (line, reason, row)",
             soft_wrap=True,

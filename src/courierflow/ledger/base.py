@@ -31,6 +31,12 @@ DISPATCHABLE_STATES = (OrderState.QUEUED, OrderState.DISPATCHED)
 KEPT_STATE = OrderState.DELIVERED
 
 
+def split_source(source: str) -> tuple[str, str]:
+    """``s3://bucket/key`` (a :attr:`FileRecord.source`) as (bucket, key)."""
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
 def may_claim(record: OrderRecord | None, request_id: str, now: float) -> bool:
     """The claim rule every backend applies in one conditional write: an unknown order,
     one in :data:`CLAIMABLE_STATES`, or one :data:`HELD_STATE` whose claim expired before

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from courierflow.errors import ConfigError
-from courierflow.ledger.base import Ledger, OrderRecord
+from courierflow.ledger.base import Ledger, OrderRecord, split_source
 from courierflow.report import charts
 from courierflow.report.aggregate import (
     DENSITY_BINS,
@@ -198,7 +198,7 @@ def write_report(
         extent.add_many(chunk)
         if summing:
             totals.add_many(chunk)
-    bucket, _, key = source.removeprefix("s3://").partition("/")
+    bucket, key = split_source(source)
     file = ledger.get_file(bucket, key) if key and summary is None else None
     # The upload's start is also what the summary's makespan counts from. Unknown (a
     # report written after the run), the publisher's start on the file is the nearest;

@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from courierflow.config import Settings
 from courierflow.errors import ConfigError
-from courierflow.ledger.base import Ledger
+from courierflow.ledger.base import Ledger, split_source
 from courierflow.rejects import rejects_key
 from courierflow.report.html import plot_timeline, read_rejects, write_report
 from courierflow.report.summary import RunSummary
@@ -39,7 +39,7 @@ def fetch_rejects(source: str, settings: Settings | None = None) -> list[tuple[i
     file had none, None when its rejects report cannot be read (the local stack's bucket
     is gone once the stack is down; or no access). The bucket is reached as ``settings``
     say (the local stack's S3), else as boto3 resolves it."""
-    bucket, _, key = source.removeprefix("s3://").partition("/")
+    bucket, key = split_source(source)
     where = f"s3://{bucket}/{rejects_key(key)}"
     patience = Config(connect_timeout=3, retries={"max_attempts": 2})
     try:
@@ -67,7 +67,7 @@ def fetch_rejects(source: str, settings: Settings | None = None) -> list[tuple[i
 def _rejected_any(ledger: Ledger, source: str) -> bool:
     """Whether the publisher rejected rows of ``source`` (True when the ledger does not
     say: the file's record is missing)."""
-    bucket, _, key = source.removeprefix("s3://").partition("/")
+    bucket, key = split_source(source)
     record = ledger.get_file(bucket, key)
     return record is None or record.rejected > 0
 
