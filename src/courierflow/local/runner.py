@@ -198,8 +198,9 @@ def run_file(
                 out = report_html or base.home / "report.html"
                 source = run.summary.file
                 run.report = write_run_report(
-                    ledger, out, source, started_at, plot, run.rejects, summary=run.summary
-                )
+                    ledger, out, source, started_at, plot, run.rejects, summary=run.summary,
+                    rejects_tried=True,  # submit_file read them, or found them unreadable
+                )  # fmt: skip
             finally:
                 ledger.close()
     finally:

@@ -81,19 +81,21 @@ def write_run_report(
     rejects: list[tuple[int, str]] | None = None,
     settings: Settings | None = None,
     summary: RunSummary | None = None,
+    rejects_tried: bool = False,
 ) -> Path:
     """Write ``report.html`` (and the timeline PNG when ``plot`` is given) for ``source``,
     by default the latest file in the ledger; returns the report's path. ``rejects``
-    are fetched from the bucket (reached as ``settings`` say) unless given (the page
-    says so when they cannot be read); ``summary``
+    are fetched from the bucket (reached as ``settings`` say) unless given, or unless
+    ``rejects_tried`` says the caller tried and could not read them (the page says so
+    when they cannot be read); ``summary``
     is computed from the ledger unless given (a run passes the one it printed).
 
     The page streams the ledger's records; the PNG draws one bar per delivery, so it
     reads them all at once."""
     source = source or latest_source(ledger)
-    if rejects is None and _rejected_any(ledger, source):
+    if rejects is None and not rejects_tried and _rejected_any(ledger, source):
         rejects = fetch_rejects(source, settings)
-    elif rejects is None:
+    elif rejects is None and not rejects_tried:
         rejects = []
     write_report(ledger, source, started_at, out, rejects, summary)
     if plot is not None:
