@@ -26,9 +26,8 @@ from bench.common import summary
 from courierflow.config import LOCAL_CREDENTIALS
 from courierflow.ledger.dynamodb import (
     CLIENT_CONFIG,
-    TABLE_ATTRIBUTES,
-    TABLE_KEY_SCHEMA,
     DynamoDBLedger,
+    table_definition,
 )
 from courierflow.local.processes import start_moto_server
 from courierflow.publishing import LEDGER_BATCH
@@ -54,10 +53,7 @@ def client(moto_url: str) -> Any:
 
 def new_table(dynamodb: Any) -> str:
     table = f"bench-ledger-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=table, KeySchema=TABLE_KEY_SCHEMA,
-        AttributeDefinitions=TABLE_ATTRIBUTES, BillingMode="PAY_PER_REQUEST",
-    )  # fmt: skip
+    dynamodb.create_table(**table_definition(table))
     return table
 
 

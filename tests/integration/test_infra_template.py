@@ -17,7 +17,7 @@ import pytest
 
 from courierflow.aws import artifacts, template
 from courierflow.aws.deploy import DeployOptions, template_parameters
-from courierflow.ledger.dynamodb import TABLE_KEY_SCHEMA
+from courierflow.ledger.dynamodb import TABLE_PROPERTIES, table_definition
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -97,8 +97,8 @@ def test_sam_transform_succeeds_for_every_combination(transport: str, mode: str,
     (rule,) = _of_type(resources, "AWS::Events::Rule").values()
     assert rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
     (table,) = _of_type(resources, "AWS::DynamoDB::Table").values()
-    assert table["Properties"]["KeySchema"] == TABLE_KEY_SCHEMA
-    assert table["Properties"]["BillingMode"] == "PAY_PER_REQUEST"
+    # the table the code expects, index and all (tests create theirs from the same)
+    assert table["Properties"] == TABLE_PROPERTIES
     (layer,) = _of_type(resources, "AWS::Lambda::LayerVersion").values()
     assert layer["Properties"]["Content"]["S3Key"] == "courierflow/layer_contents.zip"
     # the S3 trigger: SAM adds the permission and the bucket's notification
@@ -240,7 +240,10 @@ def test_transformed_template_deploys_on_moto_with_resources_wired(
         described = boto3.client("dynamodb", region_name="us-east-1").describe_table(
             TableName=table
         )
-        assert described["Table"]["KeySchema"] == TABLE_KEY_SCHEMA
+        assert described["Table"]["KeySchema"] == table_definition(table)["KeySchema"]
+        (index,) = described["Table"]["GlobalSecondaryIndexes"]
+        (wanted_index,) = table_definition(table)["GlobalSecondaryIndexes"]
+        assert {k: index[k] for k in wanted_index} == wanted_index
 
         events = boto3.client("events", region_name="us-east-1")
         (rule,) = events.list_rules()["Rules"]

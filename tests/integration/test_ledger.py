@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from courierflow.ledger.base import ClaimResult, FileState, Ledger
-from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
+from courierflow.ledger.dynamodb import DynamoDBLedger, table_definition
 from courierflow.ledger.sqlite import SQLiteLedger
 from courierflow.orders import OrderState
 
@@ -29,12 +29,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
         "dynamodb", endpoint_url=request.getfixturevalue("moto_server"), region_name="us-east-1"
     )
     table = f"ledger-{uuid.uuid4().hex[:8]}"
-    client.create_table(
-        TableName=table,
-        KeySchema=TABLE_KEY_SCHEMA,
-        AttributeDefinitions=TABLE_ATTRIBUTES,
-        BillingMode="PAY_PER_REQUEST",
-    )
+    client.create_table(**table_definition(table))
     return DynamoDBLedger(table, client=client)
 
 

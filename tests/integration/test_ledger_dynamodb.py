@@ -14,7 +14,13 @@ from moto import mock_aws
 from courierflow.errors import LedgerError
 from courierflow.ledger import dynamodb_table
 from courierflow.ledger.base import ClaimResult, FileState
-from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
+from courierflow.ledger.dynamodb import (
+    OPEN_INDEX,
+    OPEN_SHARDS,
+    DynamoDBLedger,
+    open_shard,
+    table_definition,
+)
 from courierflow.orders import OrderState
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -25,10 +31,7 @@ SOURCE = "s3://uploads/orders.csv"
 def ledger() -> Iterator[DynamoDBLedger]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="ledger", KeySchema=TABLE_KEY_SCHEMA,
-            AttributeDefinitions=TABLE_ATTRIBUTES, BillingMode="PAY_PER_REQUEST",
-        )  # fmt: skip
+        client.create_table(**table_definition("ledger"))
         yield DynamoDBLedger("ledger", client=client)
 
 
@@ -109,6 +112,69 @@ def test_dispatch_never_moves_an_order_backwards_and_stuck_finds_old_ones(
     assert "c" not in {r.order_id for r in ledger.stuck([OrderState.QUEUED], older_than=150.0)}
     ledger.mark_failed("c", "gave up", now=201.0)
     assert ledger.counts(SOURCE)[OrderState.FAILED] == 1
+
+
+def _indexed(ledger: DynamoDBLedger) -> set[str]:
+    """The order keys the open-orders index holds, every shard read."""
+    return {
+        item["pk"]["S"]
+        for shard in range(OPEN_SHARDS)
+        for item in ledger.client.query(
+            TableName=ledger.table,
+            IndexName=OPEN_INDEX,
+            KeyConditionExpression="open_shard = :k",
+            ExpressionAttributeValues={":k": {"S": str(shard)}},
+        )["Items"]
+    }
+
+
+def test_the_open_orders_index_holds_exactly_the_orders_not_yet_finished(
+    ledger: DynamoDBLedger,
+) -> None:
+    """Every way into an open state files the order; delivered and failed take it out;
+    a failed order queued again comes back."""
+    ids = [f"o-{i:03d}" for i in range(40)]
+    ledger.add_queued(ids, SOURCE, now=1.0)
+    assert _indexed(ledger) == {f"ORDER#{o}" for o in ids}
+    assert len({open_shard(o) for o in ids}) > OPEN_SHARDS // 2  # spread over the shards
+
+    ledger.mark_dispatched({"o-000": 2.0, "o-001": 2.0, "never-queued": 2.0})
+    ledger.claim_delivery("o-001", "req-1", 30, now=3.0)
+    ledger.complete_delivery("o-001", "req-1", 1, started=3.0, finished=4.0)
+    ledger.claim_delivery("o-002", "req-2", 30, now=3.0)
+    ledger.release_claim("o-002", "req-2", "throttled", now=4.0)
+    ledger.mark_failed("o-003", "gave up", now=5.0)
+    assert _indexed(ledger) == {f"ORDER#{o}" for o in ids if o not in ("o-001", "o-003")} | {
+        "ORDER#never-queued"
+    }
+
+    ledger.add_queued(["o-003"], SOURCE, now=6.0)  # a re-upload queues the failed one again
+    assert "ORDER#o-003" in _indexed(ledger)
+    assert {r.order_id for r in ledger.stuck([OrderState.QUEUED], older_than=10.0)} == {
+        o for o in ids if o not in ("o-000", "o-001", "o-002")
+    }
+
+
+def test_stuck_reads_the_index_not_the_table_and_trusts_only_the_items(
+    ledger: DynamoDBLedger,
+) -> None:
+    """No Scan, however many orders are finished; and an index entry that lags its item
+    (an order delivered after the index was read) is not reported."""
+    ledger.add_queued([f"done-{i}" for i in range(50)] + ["late", "open"], SOURCE, now=1.0)
+    for i in range(50):
+        ledger.claim_delivery(f"done-{i}", f"r{i}", 30, now=2.0)
+        ledger.complete_delivery(f"done-{i}", f"r{i}", 1, started=2.0, finished=3.0)
+    calls = _count_calls(ledger)
+
+    def deliver_late(**_: Any) -> None:  # after the index is read, before the items are
+        if ledger.get_order("late").state is OrderState.QUEUED:  # type: ignore[union-attr]
+            ledger.claim_delivery("late", "r-late", 30, now=4.0)
+
+    ledger.client.meta.events.register("before-call.dynamodb.BatchGetItem", deliver_late)
+    stuck = ledger.stuck([OrderState.QUEUED], older_than=10.0)
+
+    assert [r.order_id for r in stuck] == ["open"]
+    assert calls["Scan"] == 0 and calls["Query"] == OPEN_SHARDS and calls["BatchGetItem"] == 1
 
 
 def test_a_missing_table_is_a_ledger_error_not_a_botocore_error() -> None:

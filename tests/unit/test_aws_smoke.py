@@ -11,7 +11,7 @@ import pytest
 from moto import mock_aws
 
 from courierflow.aws.smoke import POLL_S, run_smoke
-from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
+from courierflow.ledger.dynamodb import TABLE_PROPERTIES, DynamoDBLedger
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -20,11 +20,7 @@ STACK = {
         "UploadBucket": {"Type": "AWS::S3::Bucket"},
         "Ledger": {
             "Type": "AWS::DynamoDB::Table",
-            "Properties": {
-                "BillingMode": "PAY_PER_REQUEST",
-                "AttributeDefinitions": TABLE_ATTRIBUTES,
-                "KeySchema": TABLE_KEY_SCHEMA,
-            },
+            "Properties": TABLE_PROPERTIES,
         },
     },
     "Outputs": {

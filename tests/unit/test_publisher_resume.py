@@ -19,7 +19,7 @@ from moto import mock_aws
 
 from courierflow.errors import PublishError, PublishIncomplete
 from courierflow.ledger.base import FileState, Ledger
-from courierflow.ledger.dynamodb import TABLE_ATTRIBUTES, TABLE_KEY_SCHEMA, DynamoDBLedger
+from courierflow.ledger.dynamodb import DynamoDBLedger, table_definition
 from courierflow.ledger.sqlite import SQLiteLedger
 from courierflow.orders import OrderState
 from courierflow.publishing import LEDGER_BATCH, OrderPublisher
@@ -96,10 +96,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path, s3: Any) -> Ledger:
     if request.param == "sqlite":
         return SQLiteLedger(tmp_path / "ledger.db")
     client = boto3.client("dynamodb", region_name="us-east-1")  # inside s3's mock_aws
-    client.create_table(
-        TableName="ledger", KeySchema=TABLE_KEY_SCHEMA,
-        AttributeDefinitions=TABLE_ATTRIBUTES, BillingMode="PAY_PER_REQUEST",
-    )  # fmt: skip
+    client.create_table(**table_definition("ledger"))
     return DynamoDBLedger("ledger", client=client)
 
 

@@ -4,8 +4,31 @@ Orders are items ``ORDER#<id>``, files ``FILE#<bucket>/<key>#<etag>``. Every sta
 is one conditional write; ``ConditionalCheckFailedException`` is the "someone got there
 first" answer and becomes a result, never an error; the conditions are the rules of
 ``ledger.base`` written from its names. Counts and the dashboard's figures come from
-counter items (:mod:`courierflow.ledger.dynamodb_counts`); listing orders and finding
-stuck ones scan the table (a GSI on source/state would be the next step for millions).
+counter items (:mod:`courierflow.ledger.dynamodb_counts`); listing orders scans the table.
+
+Finding stuck orders reads an index of the open ones. The reconciler looks every minute,
+and a Scan would read every order ever recorded, each time: at a million orders, several
+whole-table reads a minute, and more than its function's timeout. So an order carries
+``open_shard`` while it is queued, dispatched or delivering, and loses it when it is
+delivered or failed; the global secondary index ``open-orders`` is keyed on it, and holds
+only the items that have it (a sparse index). ``stuck`` queries each shard for the
+states and ages it wants, then reads the items it found again, consistently, before it
+answers. What this relies on (AWS's DynamoDB developer guide):
+
+- an index holds only the items that have its key attribute, and removing the attribute
+  takes the item out (bp-indexes-general-sparse-indexes.html);
+- a GSI is updated asynchronously and read eventually consistent only (GSI.html), hence
+  the second, consistent read;
+- a GSI has partitions of its own with per-partition write limits, and a GSI that cannot
+  keep up throttles writes to the table itself (gsi-throttling.html): one key value
+  for every open order would put all of them on one partition, so the key is one of
+  ``OPEN_SHARDS`` values, from a hash of the order id;
+- an update that changes a projected attribute costs one index write, and one that
+  changes the index's key costs two (GSI.html, "Writes"): an order keeps one shard for
+  life, so each state change costs one index write.
+
+Orders written before the index existed carry no ``open_shard``; the next state change
+of each gives it one.
 
 ``add_queued`` is the one batched path, because the publisher records every order of a
 file through it: one API call costs about 2 ms of client CPU, a 256 MB Lambda has a
@@ -22,6 +45,7 @@ in it.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -44,9 +68,45 @@ from courierflow.ledger.dynamodb_files import NOT_EXISTS, DynamoDBFiles
 from courierflow.ledger.dynamodb_table import BATCH_GET_KEYS, BATCH_WRITE_ITEMS, Table, serialise
 from courierflow.orders import OrderState
 
-#: the table's key, as the SAM template declares it
+#: the index of open orders, its key attribute and how many values the key takes
+OPEN_INDEX = "open-orders"
+OPEN_SHARD = "open_shard"
+OPEN_SHARDS = 16
+
+#: the table as the SAM template declares it (tests create it from this)
 TABLE_KEY_SCHEMA = [{"AttributeName": "pk", "KeyType": "HASH"}]
-TABLE_ATTRIBUTES = [{"AttributeName": "pk", "AttributeType": "S"}]
+TABLE_ATTRIBUTES = [
+    {"AttributeName": "pk", "AttributeType": "S"},
+    {"AttributeName": OPEN_SHARD, "AttributeType": "S"},
+]
+TABLE_INDEXES = [
+    {
+        "IndexName": OPEN_INDEX,
+        "KeySchema": [{"AttributeName": OPEN_SHARD, "KeyType": "HASH"}],
+        # what `stuck` filters on; the rest it reads from the item itself
+        "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["state", "updated_at"]},
+    }
+]
+
+
+#: the table's properties, as CloudFormation's AWS::DynamoDB::Table and CreateTable name them
+TABLE_PROPERTIES: dict[str, Any] = {
+    "KeySchema": TABLE_KEY_SCHEMA,
+    "AttributeDefinitions": TABLE_ATTRIBUTES,
+    "GlobalSecondaryIndexes": TABLE_INDEXES,
+    "BillingMode": "PAY_PER_REQUEST",
+}
+
+
+def table_definition(name: str) -> dict[str, Any]:
+    """``CreateTable``'s arguments for a ledger table called ``name``."""
+    return {"TableName": name, **TABLE_PROPERTIES}
+
+
+def open_shard(order_id: str) -> str:
+    """The shard of the open-orders index an order is filed under while it is open."""
+    return str(zlib.crc32(order_id.encode()) % OPEN_SHARDS)
+
 
 #: every state as an expression value (``:s_queued`` ...): expressions name states only so
 _STATES = {f":s_{state.value}": state.value for state in OrderState}
@@ -149,7 +209,12 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
             for at in range(0, len(new), BATCH_WRITE_ITEMS):
                 self._items.put_all(
                     [
-                        {**shared, **serialise({"pk": self._order_key(o), "order_id": o})}
+                        {
+                            **shared,
+                            **serialise(
+                                {"pk": self._order_key(o), "order_id": o, OPEN_SHARD: open_shard(o)}
+                            ),
+                        }
                         for o in new[at : at + BATCH_WRITE_ITEMS]
                     ]
                 )
@@ -170,9 +235,15 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
         before = self._change(
             self._order_key(order_id),
             "SET #s = :s_queued, order_id = :id, #src = :src, queued_at = :now, "
-            "updated_at = :now, reason = :empty",
+            f"updated_at = :now, reason = :empty, {OPEN_SHARD} = :open",
             f"{NOT_EXISTS} OR {NOT_KEPT}",
-            {":id": order_id, ":src": source, ":now": now, ":empty": ""},
+            {
+                ":id": order_id,
+                ":src": source,
+                ":now": now,
+                ":empty": "",
+                ":open": open_shard(order_id),
+            },
             {"#s": "state", "#src": "source"},
         )
         if before is not None:
@@ -184,9 +255,10 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
             key = self._order_key(order_id)
             before = self._change(
                 key,
-                "SET #s = :s_dispatched, order_id = :id, dispatched_at = :now, updated_at = :now",
+                "SET #s = :s_dispatched, order_id = :id, dispatched_at = :now, updated_at = :now, "
+                f"{OPEN_SHARD} = :open",
                 f"{NOT_EXISTS} OR {DISPATCHABLE}",
-                {":id": order_id, ":now": at},
+                {":id": order_id, ":now": at, ":open": open_shard(order_id)},
                 {"#s": "state"},
             )
             if before is not None:
@@ -204,8 +276,8 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
         before = self._change(
             self._order_key(order_id),
             f"SET #s = :s_{HELD_STATE.value}, order_id = :id, request_id = :rid, "
-            "started_at = :now, claim_expires_at = :exp, updated_at = :now, reason = :empty "
-            "ADD attempts :one",
+            "started_at = :now, claim_expires_at = :exp, updated_at = :now, reason = :empty, "
+            f"{OPEN_SHARD} = :open ADD attempts :one",
             f"{NOT_EXISTS} OR {CLAIMABLE_STATE} OR {EXPIRED_CLAIM} OR {OWN_CLAIM}",
             {
                 ":id": order_id,
@@ -214,6 +286,7 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
                 ":exp": now + lease_s,
                 ":empty": "",
                 ":one": 1,
+                ":open": open_shard(order_id),
             },
             {"#s": "state"},
         )
@@ -229,9 +302,10 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
     def release_claim(self, order_id: str, request_id: str, reason: str, now: float) -> None:
         before = self._change(
             self._order_key(order_id),
-            "SET #s = :s_dispatched, reason = :reason, updated_at = :now REMOVE claim_expires_at",
+            f"SET #s = :s_dispatched, reason = :reason, updated_at = :now, {OPEN_SHARD} = :open "
+            "REMOVE claim_expires_at",
             f"{HELD} AND request_id = :rid",
-            {":rid": request_id, ":reason": reason, ":now": now},
+            {":rid": request_id, ":reason": reason, ":now": now, ":open": open_shard(order_id)},
             {"#s": "state"},
         )
         if before is not None:
@@ -243,7 +317,7 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
         before = self._change(
             self._order_key(order_id),
             "SET #s = :s_delivered, delay_s = :d, started_at = :st, finished_at = :fin, "
-            "updated_at = :fin REMOVE claim_expires_at",
+            f"updated_at = :fin REMOVE claim_expires_at, {OPEN_SHARD}",
             f"{HELD} AND request_id = :rid",
             {":rid": request_id, ":d": delay_s, ":st": started, ":fin": finished},
             {"#s": "state"},
@@ -256,7 +330,7 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
         before = self._change(
             self._order_key(order_id),
             "SET #s = :s_failed, order_id = :id, reason = :reason, finished_at = :now, "
-            "updated_at = :now",
+            f"updated_at = :now REMOVE {OPEN_SHARD}",
             f"{NOT_EXISTS} OR {NOT_KEPT}",
             {":id": order_id, ":reason": reason, ":now": now},
             {"#s": "state"},
@@ -292,11 +366,24 @@ class DynamoDBLedger(DynamoDBFiles, Ledger):
         return self._counters.activity(source, now, window_s)
 
     def stuck(self, states: Iterable[OrderState], older_than: float) -> list[OrderRecord]:
-        wanted = {s.value for s in states}
+        """From the open-orders index, shard by shard, then read again from the table
+        (the index lags its items; see the module's doc)."""
+        wanted = set(states)
+        where = f"{_one_of(wanted)} AND updated_at < :t"
+        values = _with_states({":t": older_than}, where)
+        keys = [
+            entry["pk"]
+            for shard in range(OPEN_SHARDS)
+            for entry in self._items.query_index(
+                OPEN_INDEX, OPEN_SHARD, str(shard), where, values, {"#s": "state"}
+            )
+        ]
         items = [
-            i for i in self._items.scan("ORDER#")
-            if i.get("state") in wanted and (i.get("updated_at") or 0) < older_than
-        ]  # fmt: skip
+            item
+            for start in range(0, len(keys), BATCH_GET_KEYS)
+            for item in self._items.get_many(keys[start : start + BATCH_GET_KEYS])
+            if OrderState(item["state"]) in wanted and (item.get("updated_at") or 0) < older_than
+        ]
         return [_order(i) for i in sorted(items, key=lambda i: i.get("updated_at") or 0)]
 
 

@@ -1,5 +1,6 @@
 """The DynamoDB ledger's table calls: one conditional update, consistent reads, batches
-sent again while DynamoDB leaves work unprocessed, and scans by boto3's paginator.
+sent again while DynamoDB leaves work unprocessed, and scans and index queries by boto3's
+paginators.
 
 Values go through boto3's ``TypeSerializer``/``TypeDeserializer`` (floats as Decimal on
 the way in, whole numbers back as int); every botocore error becomes a ``LedgerError``.
@@ -166,12 +167,33 @@ class Table:
         for i, (name, value) in enumerate((matching or {}).items()):
             tests.append(f"#m{i} = :m{i}")  # names as placeholders: `source` is reserved
             names[f"#m{i}"], values[f":m{i}"] = name, value
-        pages = self.client.get_paginator("scan").paginate(
+        return self._pages(
+            "scan",
             TableName=self.name,
             FilterExpression=" AND ".join(tests),
             ExpressionAttributeValues=serialise(values),
             **({"ExpressionAttributeNames": names} if names else {}),
         )
+
+    def query_index(self, index: str, key: str, value: str, where: str,
+                    values: dict[str, Any], names: dict[str, str]
+                    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """The entries of ``index`` whose partition key ``key`` is ``value`` and that
+        pass the filter ``where``, page after page (a GSI is read eventually consistent:
+        an entry may lag its item by a moment)."""
+        return self._pages(
+            "query",
+            TableName=self.name,
+            IndexName=index,
+            KeyConditionExpression="#k = :k",
+            FilterExpression=where,
+            ExpressionAttributeValues=serialise({":k": value, **values}),
+            ExpressionAttributeNames={"#k": key, **names},
+        )
+
+    def _pages(self, operation: str, **request: Any) -> Iterator[dict[str, Any]]:
+        """The items of every page of a Scan or Query, deserialised, a page at a time."""
+        pages = self.client.get_paginator(operation).paginate(**request)
         try:
             for page in pages:
                 for item in page.get("Items", []):
