@@ -14,6 +14,7 @@ shows only on AWS, as an AccessDenied at the first upload.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -21,10 +22,13 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
+import pika
 import pytest
 
 from courierflow.aws.network import resolve
@@ -35,7 +39,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT, REGION, STACK = "123456789012", "us-east-1", "cf"
-PARAMS = {"Transport": "sqs", "Mode": "serverless", "ArtifactBucket": "artifacts"}
+#: the two stacks: the lab's (RabbitMQ on the instance, the manager) and the serverless one
+STACKS = {
+    "rabbitmq": {"Transport": "rabbitmq", "Mode": "manager", "ArtifactBucket": "artifacts"},
+    "sqs": {"Transport": "sqs", "Mode": "serverless", "ArtifactBucket": "artifacts"},
+}
 BUCKET = f"{STACK}-uploads-{ACCOUNT}-{REGION}"
 TABLE = f"{STACK}-ledger"
 #: the stack's queues, by logical id, with the names the template gives them
@@ -79,12 +87,14 @@ def resource_arns(service: str, params: dict[str, Any]) -> list[str]:
 class Stack:
     """The transformed template's resources with the names this test gave them."""
 
-    def __init__(self, moto_url: str) -> None:
-        self.template = transformed(PARAMS)
-        self.resources = resolve(self.template, PARAMS)
+    def __init__(self, moto_url: str, params: dict[str, str], amqp_url: str = "") -> None:
+        self.template = transformed(params)
+        self.resources = resolve(self.template, params)
         self.moto_url = moto_url
+        #: the test's RabbitMQ node, standing in for the instance's broker ("" for SQS)
+        self.amqp_url = amqp_url
         self.parameters = {
-            name: PARAMS.get(name, str(spec.get("Default", "")))
+            name: params.get(name, str(spec.get("Default", "")))
             for name, spec in self.template.get("Parameters", {}).items()
         }
 
@@ -110,6 +120,9 @@ class Stack:
             return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{TABLE}"
         if attribute == "Arn" and name in QUEUES:
             return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{QUEUES[name]}"
+        if (name, attribute) == ("BrokerInstance", "PrivateIp"):
+            node = urlsplit(self.amqp_url)  # host:port, as `with_host` takes it
+            return f"{node.hostname}:{node.port}"
         raise AssertionError(f"the test has no value for GetAtt {name}.{attribute}")
 
     def value(self, node: Any) -> Any:
@@ -155,16 +168,31 @@ class Stack:
         return False
 
 
-@pytest.fixture
-def stack(moto_server: str) -> Stack:
-    """The stack's data resources on moto, named as the template names them."""
+@pytest.fixture(params=list(STACKS))
+def stack(request: pytest.FixtureRequest, moto_server: str) -> Stack:
+    """The stack's data resources on moto, named as the template names them; with
+    RabbitMQ, the broker's URL in SSM as `courierflow deploy` writes it, pointing at the
+    test's node."""
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_server)
     if TABLE not in dynamodb.list_tables()["TableNames"]:
         dynamodb.create_table(**table_definition(TABLE))
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=BUCKET)
-    stack = Stack(moto_server)
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=BUCKET)
+    amqp_url = request.getfixturevalue("amqp_url") if request.param == "rabbitmq" else ""
+    stack = Stack(moto_server, STACKS[request.param], amqp_url)
+    if amqp_url:
+        _purge(amqp_url, "orders")
+        node = urlsplit(amqp_url)  # the secret holds the instance's own view: localhost
+        boto3.client("ssm", endpoint_url=moto_server).put_parameter(
+            Name=stack.parameters["BrokerSecretParameter"], Type="SecureString",
+            Value=node._replace(netloc=f"{node.username}:{node.password}@localhost").geturl(),
+            Overwrite=True,
+        )  # fmt: skip
     sqs = boto3.client("sqs", endpoint_url=moto_server)
     for logical, name in QUEUES.items():  # with the template's attributes (the transport
+        if logical not in stack.resources:
+            continue
         props = stack.value(stack.resources[logical]["Properties"])  # declares them too)
         attributes = {
             k: json.dumps(v) if isinstance(v, dict) else str(v)
@@ -200,6 +228,38 @@ def run_function(stack: Stack, name: str, event: dict[str, Any], tmp_path: Path)
     return calls
 
 
+def _purge(amqp_url: str, queue: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):  # none yet
+            connection.channel().queue_purge(queue)
+    finally:
+        connection.close()
+
+
+def delivery_event(stack: Stack) -> dict[str, Any]:
+    """The published order as the delivery function gets it: from the manager, the
+    message's body as the payload; from the SQS trigger, a batch of one record."""
+    if stack.amqp_url:
+        connection = pika.BlockingConnection(pika.URLParameters(stack.amqp_url))
+        try:
+            _, _, body = connection.channel().basic_get("orders", auto_ack=True)
+        finally:
+            connection.close()
+        assert body is not None, "the publisher published nothing"
+        order: dict[str, Any] = json.loads(body)
+        return order
+    sqs = boto3.client("sqs", endpoint_url=stack.moto_url)
+    got = sqs.receive_message(
+        QueueUrl=stack.ref("OrdersQueue"), MaxNumberOfMessages=1, WaitTimeSeconds=5
+    )
+    (message,) = got["Messages"]  # one published; one rejected
+    record = {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
+              "body": message["Body"], "eventSource": "aws:sqs",
+              "eventSourceARN": stack.attribute("OrdersQueue", "Arn")}  # fmt: skip
+    return {"Records": [record]}
+
+
 def refused(stack: Stack, function: str, calls: list[list[Any]]) -> list[str]:
     _, _, role = stack.function(function)
     missing = []
@@ -214,28 +274,24 @@ def refused(stack: Stack, function: str, calls: list[list[Any]]) -> list[str]:
 def test_each_function_role_allows_every_call_its_function_makes(
     stack: Stack, tmp_path: Path
 ) -> None:
+    run = uuid.uuid4().hex[:8]  # the ledger is moto's, shared by both stacks' runs
     csv = (  # one order, and one row rejected (so the rejects report is written)
         "order_id,customer,address,items,quantity\n"
-        "R-1,Ann,1 Main St,book,1\n"
-        "R-2,Bo,2 Main St,pen,x\n"
+        f"R-{run},Ann,1 Main St,book,1\n"
+        f"X-{run},Bo,2 Main St,pen,x\n"
     )
     s3 = boto3.client("s3", endpoint_url=stack.moto_url)
-    s3.put_object(Bucket=BUCKET, Key="orders.csv", Body=csv.encode())
-    etag = s3.head_object(Bucket=BUCKET, Key="orders.csv")["ETag"].strip('"')
+    key = f"orders-{run}.csv"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=csv.encode())
+    etag = s3.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
     upload = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
                            "s3": {"bucket": {"name": BUCKET},
-                                  "object": {"key": "orders.csv", "eTag": etag}}}]}  # fmt: skip
+                                  "object": {"key": key, "eTag": etag}}}]}  # fmt: skip
     published = run_function(stack, "PublisherFunction", upload, tmp_path)
 
-    sqs = boto3.client("sqs", endpoint_url=stack.moto_url)
-    orders_url = stack.ref("OrdersQueue")
-    got = sqs.receive_message(QueueUrl=orders_url, MaxNumberOfMessages=1, WaitTimeSeconds=5)
-    (message,) = got["Messages"]  # R-1 published; R-2 rejected
-    record = {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
-              "body": message["Body"], "eventSource": "aws:sqs",
-              "eventSourceARN": stack.attribute("OrdersQueue", "Arn")}  # fmt: skip
-    delivered = run_function(stack, "DeliveryFunction", {"Records": [record]}, tmp_path)
+    delivered = run_function(stack, "DeliveryFunction", delivery_event(stack), tmp_path)
 
+    sqs = boto3.client("sqs", endpoint_url=stack.moto_url)
     ledger = DynamoDBLedger(TABLE, client=boto3.client("dynamodb", endpoint_url=stack.moto_url))
     ledger.add_queued(["stuck-1"], "s3://elsewhere/old.csv", now=time.time() - 86_400)
     failure = {"requestPayload": {"order_id": "lost-1"}, "requestContext": {
@@ -244,12 +300,13 @@ def test_each_function_role_allows_every_call_its_function_makes(
     reconciled = run_function(stack, "ReconcilerFunction", {}, tmp_path)
 
     # the runs did their work (so the calls are the real path's, not an early error's)
-    r1 = ledger.get_order("R-1")
+    r1 = ledger.get_order(f"R-{run}")
     assert r1 is not None and r1.state.value == "delivered"
     assert ledger.get_order("lost-1") is not None
     operations = {(s, o) for s, o, _ in published + delivered + reconciled}
     assert {("s3", "GetObject"), ("s3", "PutObject"), ("dynamodb", "Query"),
             ("lambda", "Invoke"), ("sqs", "ReceiveMessage")} <= operations  # fmt: skip
+    assert (("ssm", "GetParameter") in operations) == bool(stack.amqp_url)
 
     missing = (
         refused(stack, "PublisherFunction", published)
