@@ -44,6 +44,9 @@ LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "loc
 #: order stuck before this (COURIERFLOW_DISPATCHED_STUCK_AFTER_S, which the template sets
 #: to the function's own event age).
 DEFAULT_EVENT_AGE_S = 6 * 3600.0
+#: the longest an SQS ReceiveMessage may wait for a message (WaitTimeSeconds takes 0-20:
+#: API_ReceiveMessage in the SQS API reference); long polling as SQS recommends
+SQS_MAX_WAIT_S = 20
 
 
 def resolve_region(env: Mapping[str, str] | None = None) -> str:
@@ -141,6 +144,9 @@ class Settings:
     #: the reconciler reads failed deliveries from this queue (Lambda's on-failure
     #: destination)
     failure_queue_url: str = ""
+    #: seconds an SQS consumer's ReceiveMessage waits for messages (long polling, 0-20):
+    #: a stopping manager first waits for its receives to return (see transports/sqs.py)
+    sqs_wait_s: int = SQS_MAX_WAIT_S
     #: S3 and SQS of the local stack (moto's server), reached with LOCAL_CREDENTIALS; set
     #: by ``courierflow.local.stack.settings_for``, "" elsewhere (boto3 then finds the
     #: endpoints and credentials itself, ``AWS_ENDPOINT_URL_S3`` and the like included)
@@ -201,6 +207,9 @@ class Settings:
                 env, "COURIERFLOW_DISPATCHED_STUCK_AFTER_S", DEFAULT_EVENT_AGE_S
             ),
             failure_queue_url=env.get("COURIERFLOW_FAILURE_QUEUE_URL", ""),
+            sqs_wait_s=max(
+                0, min(SQS_MAX_WAIT_S, _int(env, "COURIERFLOW_SQS_WAIT_S", SQS_MAX_WAIT_S))
+            ),
         )
 
 

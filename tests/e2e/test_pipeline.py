@@ -52,6 +52,10 @@ def test_500_orders_are_each_delivered_once_and_in_parallel(
     assert all(rid in retried for rid in claimed_again.values()), claimed_again
     assert all(2 <= (r.delay_s or 0) <= 10 for r in records)
     assert summary.peak_concurrency >= 10, "deliveries did not overlap"
+    if mode == "manager":  # `down` stopped it, not its SIGKILL (an SQS manager was once
+        # killed in a 20 s long poll, every time: its in-flight receives lost for a while)
+        manager_log = (Path(info.home) / "logs" / "manager-0.log").read_text()
+        assert '"manager stopped:' in manager_log
 
 
 def cut_short_requests(log_text: str) -> set[str]:

@@ -21,7 +21,8 @@ from courierflow.exitcodes import ExitCode
 from courierflow.ledger.base import open_ledger
 from courierflow.local import stack
 from courierflow.local.processes import free_port
-from courierflow.transports.base import OutgoingMessage
+from courierflow.local.stack_parts import LOCAL_SQS_WAIT_S, function_env
+from courierflow.transports.base import OutgoingMessage, open_transport
 from courierflow.transports.sqs import SQSTransport
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
@@ -169,3 +170,18 @@ def test_report_reads_rejected_rows_from_the_stacks_bucket(
     assert "Rejected rows (1)" in page
     assert "quantity is not a whole number" in page
     assert not any(name in os.environ for name in STACK_VARIABLES)
+
+
+def test_the_sqs_wait_is_read_clamped_to_what_sqs_takes_and_reaches_the_transport() -> None:
+    """COURIERFLOW_SQS_WAIT_S: 20 unset (long polling), 0-20 as SQS's ReceiveMessage takes;
+    the local stack's managers get a short one so that `down` stops them cleanly."""
+    assert Settings.from_env({}).sqs_wait_s == 20
+    assert Settings.from_env({"COURIERFLOW_SQS_WAIT_S": "3"}).sqs_wait_s == 3
+    assert Settings.from_env({"COURIERFLOW_SQS_WAIT_S": "60"}).sqs_wait_s == 20
+    assert Settings.from_env({"COURIERFLOW_SQS_WAIT_S": "-1"}).sqs_wait_s == 0
+    env = function_env(stack.StackOptions())
+    assert Settings.from_env(env).sqs_wait_s == LOCAL_SQS_WAIT_S < 15  # inside down's grace
+    transport = open_transport("sqs://orders", "orders", "us-east-1", sqs_wait_s=3)
+    assert isinstance(transport, SQSTransport) and transport.wait_time_s == 3
+    default = open_transport("sqs://orders", "orders", "us-east-1")
+    assert isinstance(default, SQSTransport) and default.wait_time_s == 20

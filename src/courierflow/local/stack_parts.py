@@ -25,14 +25,22 @@ def courierflow_argv() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "courierflow.cli"]
 
 
+#: how long the local managers' SQS receives wait (moto's polls cost nothing): a stopping
+#: manager finishes its receives within this, well inside `down`'s grace, instead of
+#: being killed after 15 s in a 20 s long poll
+LOCAL_SQS_WAIT_S = 2
+
+
 def function_env(options: StackOptions) -> dict[str, str]:
-    """What the functions and the managers read for delays and fault injection."""
+    """What the functions and the managers read for delays and fault injection, and the
+    managers' SQS wait."""
     return {
         "COURIERFLOW_TIME_SCALE": str(options.time_scale),
         "COURIERFLOW_DELAY_MIN": str(options.delay_min),
         "COURIERFLOW_DELAY_MAX": str(options.delay_max),
         "COURIERFLOW_FAIL_RATE": str(options.fail_rate),
         "COURIERFLOW_DUPLICATE_RATE": str(options.duplicate_rate),
+        "COURIERFLOW_SQS_WAIT_S": str(LOCAL_SQS_WAIT_S),
     }
 
 

@@ -24,7 +24,9 @@ def build_dispatcher(
     session = boto3.Session(region_name=settings.region)
     lambda_client = session.client("lambda")
     return Dispatcher(
-        transport=open_transport(settings.queue_url, settings.queue, settings.region),
+        transport=open_transport(
+            settings.queue_url, settings.queue, settings.region, sqs_wait_s=settings.sqs_wait_s
+        ),
         invoker=EventInvoker(lambda_client, max_connections=max_in_flight, session=session),
         ledger=open_ledger(settings.ledger_url, settings.region),
         function_name=settings.delivery_function,

@@ -105,14 +105,19 @@ class Transport(ABC):
 
 
 def open_transport(
-    url: str, queue: str, region: str | None = None, sqs_client: Any = None
+    url: str,
+    queue: str,
+    region: str | None = None,
+    sqs_client: Any = None,
+    sqs_wait_s: int | None = None,
 ) -> Transport:
     """The transport a queue URL names.
 
     ``amqp://``/``amqps://``: RabbitMQ, with ``queue`` as the queue name.
     ``sqs://NAME`` or an SQS queue URL (``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``,
     or any ``http(s)://`` endpoint such as moto's): Amazon SQS through ``sqs_client``
-    (default: boto3's, in ``region``, else :func:`courierflow.config.resolve_region`).
+    (default: boto3's, in ``region``, else :func:`courierflow.config.resolve_region`),
+    whose consumer's receives wait up to ``sqs_wait_s`` seconds (default: 20).
     """
     from courierflow.errors import ConfigError
 
@@ -123,7 +128,9 @@ def open_transport(
     if url.startswith(("sqs://", "https://", "http://")):
         from courierflow.transports.sqs import SQSTransport
 
-        return SQSTransport(url, client=sqs_client, region=region)
+        if sqs_wait_s is None:
+            return SQSTransport(url, client=sqs_client, region=region)
+        return SQSTransport(url, client=sqs_client, region=region, wait_time_s=sqs_wait_s)
     raise ConfigError(
         f"unknown queue URL {url!r}: use amqp://user:pass@host:5672/vhost for RabbitMQ "
         "or sqs://QUEUE_NAME for SQS (COURIERFLOW_QUEUE_URL)"

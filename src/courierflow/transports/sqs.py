@@ -28,7 +28,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from courierflow.backoff import backoff_delay
-from courierflow.config import resolve_region
+from courierflow.config import SQS_MAX_WAIT_S, resolve_region
 from courierflow.errors import PublishError, TransportError
 from courierflow.transports.base import DeadLetter, OutgoingMessage, QueuedMessage, Transport
 from courierflow.transports.sqs_dead_letters import (
@@ -56,8 +56,8 @@ REQUEUE_BACKOFF_BASE_S = 2.0
 REQUEUE_BACKOFF_MAX_S = 300.0
 #: receives before SQS itself moves a message to the dead-letter queue
 MAX_RECEIVES = 5
-#: long polling, as SQS recommends; shorter only when a caller asks
-WAIT_TIME_S = 20
+#: long polling, as SQS recommends; shorter only when a caller asks (COURIERFLOW_SQS_WAIT_S)
+WAIT_TIME_S = SQS_MAX_WAIT_S
 #: seconds a received message stays invisible; longer than an Invoke takes
 VISIBILITY_TIMEOUT_S = 60
 #: receivers polling at once
