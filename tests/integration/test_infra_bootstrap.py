@@ -121,7 +121,9 @@ def run_bootstrap(env: dict[str, str], *args: str) -> subprocess.CompletedProces
 def test_bootstrap_starts_rabbitmq_with_generated_credentials_and_no_guest(
     node: PrivateNode,
 ) -> None:
-    password = f"gen-{os.getpid()}-{node.port}"
+    # a leading "-", as deploy's secrets.token_urlsafe once gave 1 time in 64: rabbitmqctl
+    # took it for options and the instance's boot failed
+    password = f"-gen-{os.getpid()}-{node.port}"
     url = node.url("courierflow", password)
     env = {**node.env, "AMQP_URL": url}
 

@@ -125,6 +125,10 @@ def test_the_template_wires_notification_queues_and_security_as_intended() -> No
     mapping = resources["DeliveryFromQueue"]
     assert mapping["Condition"] == "Serverless"
     assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # no more deliveries at once than the account may run (`deploy` sizes the parameter)
+    assert mapping["Properties"]["ScalingConfig"] == {
+        "MaximumConcurrency": {"Ref": "DeliveryQueueConcurrency"}
+    }
 
     ingress = resources["BrokerSecurityGroup"]["Properties"]["SecurityGroupIngress"]
     assert [(rule["FromPort"], rule["CidrIp"]) for rule in ingress] == [(22, {"Ref": "SshCidr"})]

@@ -428,6 +428,51 @@ def test_sqs_event_source_mapping_deletes_successes_and_keeps_reported_failures(
         svc.process.stop()
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("cap", [2, 0])
+def test_sqs_event_source_runs_at_most_its_maximum_concurrency(
+    tmp_path: Path, moto_server: str, cap: int
+) -> None:
+    """ScalingConfig.MaximumConcurrency: with it, never more batches at once than it
+    says; without it, as many as the function's concurrency (8 here)."""
+    sqs = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    url = sqs.create_queue(QueueName=f"esm-cap-{cap}")["QueueUrl"]
+    for i in range(12):
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": i}))
+    overlap = tmp_path / "overlap.txt"
+    limit = ["--set", f"capped.sqs_max_concurrency={cap}"] if cap else []
+    env_backup = os.environ.get("AWS_ENDPOINT_URL_SQS")
+    os.environ["AWS_ENDPOINT_URL_SQS"] = moto_server
+    try:
+        svc = start_service(
+            tmp_path, "--function", "capped=samples:sqs_overlap",
+            "--event-source-sqs", f"capped={url}", "--set", "capped.sqs_batch_size=1",
+            "--set", "capped.concurrency=8", "--set", f"capped.env.OVERLAP_FILE={overlap}",
+            *limit,
+        )  # fmt: skip
+    finally:
+        if env_backup is None:
+            del os.environ["AWS_ENDPOINT_URL_SQS"]
+        else:
+            os.environ["AWS_ENDPOINT_URL_SQS"] = env_backup
+    try:
+        deadline = time.monotonic() + 60
+        while not overlap.exists() or overlap.read_text().count("end") < 12:
+            assert time.monotonic() < deadline, "the 12 messages were not all handled"
+            time.sleep(0.2)
+    finally:
+        svc.process.stop()
+    events = sorted(
+        (float(at), 1 if kind == "start" else -1)
+        for kind, at in (line.split() for line in overlap.read_text().splitlines())
+    )
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak <= 2 if cap else peak > 2
+
+
 def test_the_managers_invoker_is_accepted_and_converts_errors(tmp_path: Path) -> None:
     """EventInvoker (the manager's lean Invoke client) against the real service: 202 with
     a request id, many calls at once on few connections; an unknown function and an

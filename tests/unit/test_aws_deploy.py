@@ -104,14 +104,21 @@ def test_cli_deploy_refuses_serverless_rabbitmq_with_a_message() -> None:
 
 
 @pytest.mark.parametrize(
-    ("concurrency", "age"), [(10, 21600), (100, 3600), (1000, 3600), (25, 9600)]
-)
-def test_the_event_age_covers_a_files_drain_time_at_the_accounts_concurrency(
-    concurrency: int, age: int
+    ("concurrency", "age", "trigger"),
+    [(10, 21600, 8), (100, 3600, 98), (1000, 3600, 998), (25, 9600, 23), (3, 21600, 2),
+     (5000, 3600, 1000)],
+)  # fmt: skip
+def test_the_event_age_and_the_sqs_triggers_concurrency_follow_the_accounts(
+    concurrency: int, age: int, trigger: int
 ) -> None:
+    """The event age covers a file's drain time; the SQS trigger runs no more deliveries
+    than the account may, less the publisher and the reconciler (within SQS's 2-1000)."""
     from courierflow.aws.account import size_for_concurrency
 
-    assert size_for_concurrency(concurrency) == {"DeliveryEventAgeS": str(age)}
+    assert size_for_concurrency(concurrency) == {
+        "DeliveryEventAgeS": str(age),
+        "DeliveryQueueConcurrency": str(trigger),
+    }
 
 
 def test_aws_check_reports_concurrency_instance_types_and_roles_of_a_lab_account() -> None:
@@ -127,3 +134,12 @@ def test_aws_check_reports_concurrency_instance_types_and_roles_of_a_lab_account
     # moto does not implement GetAccountSettings: deploy plans for a lab's 10
     assert report["concurrency"].startswith("unknown")
     assert report["event_age_s"] == "21600"
+
+
+def test_generated_broker_passwords_are_letters_and_digits_only() -> None:
+    """No "-" to be taken for an option, nothing to quote in the AMQP URL."""
+    from courierflow.aws.deploy import PASSWORD_LENGTH, generate_password
+
+    passwords = {generate_password() for _ in range(2000)}
+    assert len(passwords) == 2000
+    assert all(len(p) == PASSWORD_LENGTH and p.isalnum() and p.isascii() for p in passwords)

@@ -24,6 +24,10 @@ DEFAULT_CONCURRENCY = 1000
 #: what deploy plans for when the account will not say: a Learner Lab's limit, the
 #: lowest seen, so nothing expires in Lambda's queue
 ASSUMED_CONCURRENCY = 10
+#: environments left to the publisher and the reconciler when the SQS trigger's
+#: deliveries are capped (services-sqs-scaling: MaximumConcurrency takes 2-1000)
+OTHER_FUNCTIONS = 2
+MIN_QUEUE_CONCURRENCY, MAX_QUEUE_CONCURRENCY = 2, 1000
 
 
 def size_for_concurrency(concurrency: int) -> dict[str, str]:
@@ -34,10 +38,19 @@ def size_for_concurrency(concurrency: int) -> dict[str, str]:
     events must not expire before their turn, so the maximum event age is four times that,
     between an hour and Lambda's limit of 6 hours. The reconciler waits that long before it
     calls a dispatched order stuck: until then Lambda still holds it.
+
+    With SQS as the trigger (serverless mode), Lambda's pollers take messages off the
+    queue whatever the function's concurrency, and a message whose invoke is throttled
+    goes back to the queue when its visibility timeout ends, one receive closer to the
+    dead-letter queue (AWS's "Configuring scaling behavior for SQS event source mappings"
+    and its knowledge-center note on SQS scaling). So the trigger's maximum concurrency is
+    the account's, less what the publisher and the reconciler need, within SQS's 2-1000.
     """
     drain_s = PLANNED_ORDERS * MEAN_TRIP_S / max(1, concurrency)
     age = int(min(MAX_EVENT_AGE_S, max(MIN_EVENT_AGE_S, 4 * drain_s)))
-    return {"DeliveryEventAgeS": str(age)}
+    queue_concurrency = concurrency - OTHER_FUNCTIONS
+    queue_concurrency = max(MIN_QUEUE_CONCURRENCY, min(MAX_QUEUE_CONCURRENCY, queue_concurrency))
+    return {"DeliveryEventAgeS": str(age), "DeliveryQueueConcurrency": str(queue_concurrency)}
 
 
 def aws_call(call: Callable[..., Any], **kwargs: Any) -> Any:
@@ -70,8 +83,9 @@ def check(region: str) -> dict[str, str]:
     report["concurrency"] = (
         str(concurrency) if concurrency else "unknown (GetAccountSettings refused)"
     )
-    planned = concurrency or ASSUMED_CONCURRENCY
-    report["event_age_s"] = size_for_concurrency(planned)["DeliveryEventAgeS"]
+    planned = size_for_concurrency(concurrency or ASSUMED_CONCURRENCY)
+    report["event_age_s"] = planned["DeliveryEventAgeS"]
+    report["sqs_trigger_concurrency"] = planned["DeliveryQueueConcurrency"]
     report["instance_types"] = _instance_types(region)
     try:
         iam.get_role(RoleName="LabRole")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import string
 import tempfile
 import time
 from collections.abc import Callable
@@ -197,11 +198,23 @@ def store_broker_url(ssm: Any, say: Callable[[str], None] = print) -> str:
     else:
         say(f"broker credentials already in SSM {PARAMETER}; kept")
         return PARAMETER
-    password = secrets.token_urlsafe(24)
+    password = generate_password()
     url = f"amqp://{AMQP_USER}:{password}@{BROKER_HOST}:5672/{AMQP_VHOST}"
     aws_call(ssm.put_parameter, Name=PARAMETER, Value=url, Type="SecureString", Overwrite=False)
     say(f"generated broker credentials, stored in SSM {PARAMETER} (SecureString)")
     return PARAMETER
+
+
+#: the broker password's characters and length: letters and digits only (~190 bits), so
+#: it needs no quoting in a URL or a shell and never looks like an option to rabbitmqctl
+#: (token_urlsafe's "-" first, 1 time in 64, failed the instance's boot)
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+PASSWORD_LENGTH = 32
+
+
+def generate_password() -> str:
+    """A new broker password (``secrets``: the OS's random source)."""
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
 
 
 def _apply_change_set(

@@ -94,12 +94,43 @@ def functions_keep_their_layers() -> None:
     LambdaFunction.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
 
 
+def updates_leave_resources_whose_condition_is_false() -> None:
+    """A stack update leaves alone a resource whose ``Condition`` is false: CloudFormation
+    does not create it, so there is nothing to update (conditions-section-structure).
+    moto 5.2 marks a resource for update when a parameter it references changes value,
+    whatever its condition, and then fails on its references to resources the condition
+    also left out ("Fn::GetAtt references undefined resource"). The rehearsal meets it:
+    its first deploy reads the account's concurrency from moto (which does not answer,
+    so deploy plans for 10), the redeploy from the local Lambda service (1,000), and the
+    SQS trigger's concurrency, a resource of serverless mode only, references it."""
+    from moto.cloudformation.parsing import ResourceMap
+
+    original = ResourceMap.build_resource_diff
+    if getattr(original, "_courierflow_bridge", False):
+        return
+
+    def build_resource_diff(self: Any, other_template: Any, *args: Any, **kw: Any) -> Any:
+        actions = original(self, other_template, *args, **kw)
+        resources = other_template["Resources"]
+        actions["Modify"] = [
+            name
+            for name in actions["Modify"]
+            if "Condition" not in resources[name]
+            or self.lazy_condition_map[resources[name]["Condition"]]
+        ]
+        return actions
+
+    build_resource_diff._courierflow_bridge = True  # type: ignore[attr-defined]
+    ResourceMap.build_resource_diff = build_resource_diff  # type: ignore[method-assign]
+
+
 def apply_all() -> None:
     """Every bridge of this module."""
     layer_version_ref_is_its_arn()
     ssm_typed_parameters_resolve_once()
     change_sets_set_the_stacks_outputs()
     functions_keep_their_layers()
+    updates_leave_resources_whose_condition_is_false()
 
 
 def main() -> None:

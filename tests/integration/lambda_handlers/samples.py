@@ -81,6 +81,16 @@ def flaky(event, context):
     return {"attempts": attempts}
 
 
+def sqs_overlap(event, context):
+    """Holds each batch 0.5 s, noting when it began and ended (in OVERLAP_FILE)."""
+    with open(os.environ["OVERLAP_FILE"], "a") as out:
+        out.write(f"start {time.time()}\n")
+    time.sleep(0.5)
+    with open(os.environ["OVERLAP_FILE"], "a") as out:
+        out.write(f"end {time.time()}\n")
+    return {"batchItemFailures": []}
+
+
 def sqs_batch(event, context):
     failures = []
     for record in event["Records"]:

@@ -158,7 +158,11 @@ class Rehearsal:
         template = json.loads(body) if isinstance(body, str) else dict(body)
         resources = cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
         physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources}
-        return StackView(template["Resources"], physical)
+        (described,) = cfn.describe_stacks(StackName=STACK)["Stacks"]
+        parameters = {
+            p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])
+        }
+        return StackView(template["Resources"], physical, parameters)
 
     def boot_instance(self, view: StackView) -> None:
         """Run the deployed instance's user data into the scratch root, then (re)start

@@ -143,10 +143,11 @@ setup_rabbitmq() {
     sleep 1
   done
 
+  # "--" ends rabbitmqctl's options: a password may begin with "-"
   if ctl list_users --silent | awk '{print $1}' | grep -qxF "$user"; then
-    ctl change_password "$user" "$password" >/dev/null
+    ctl change_password -- "$user" "$password" >/dev/null
   else
-    ctl add_user "$user" "$password" >/dev/null
+    ctl add_user -- "$user" "$password" >/dev/null
   fi
   ctl list_vhosts --silent | grep -qxF "$vhost" || ctl add_vhost "$vhost" >/dev/null
   ctl set_permissions -p "$vhost" "$user" ".*" ".*" ".*" >/dev/null

@@ -39,8 +39,9 @@ def serve(
             "--set",
             help="NAME.KEY=VALUE: timeout, memory, concurrency, retry_delays, max_retries, "
             "max_event_age, on_failure, idle_timeout, sqs_batch_size, sqs_batching_window, "
-            "report_batch_item_failures, code_dir, layers (comma-separated folders), "
-            "runtime_python (run isolated under that interpreter), env.VAR.",
+            "sqs_max_concurrency, report_batch_item_failures, code_dir, layers "
+            "(comma-separated folders), runtime_python (run isolated under that "
+            "interpreter), env.VAR.",
         ),
     ] = [],  # noqa: B006
     event_source_sqs: Annotated[

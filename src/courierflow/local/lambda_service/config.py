@@ -4,10 +4,10 @@ Flags: ``--function NAME=MODULE:HANDLER`` and ``--set NAME.KEY=VALUE`` where KEY
 ``timeout``, ``memory``, ``concurrency``, ``retry_delays`` (comma-separated seconds),
 ``max_retries``, ``max_event_age``, ``on_failure`` (SQS queue URL or a file path),
 ``idle_timeout``, ``provisioned_concurrency``, ``sqs_batch_size``, ``sqs_batching_window``,
-``report_batch_item_failures``, ``code_dir``, ``layers`` (comma-separated folders),
-``runtime_python`` or ``env.VAR``. The TOML file has one table per function:
-``[functions.NAME]`` with ``handler = "MODULE:HANDLER"`` and the same keys (``env`` a table,
-``layers`` a list of strings).
+``sqs_max_concurrency``, ``report_batch_item_failures``, ``code_dir``, ``layers``
+(comma-separated folders), ``runtime_python`` or ``env.VAR``. The TOML file has one
+table per function: ``[functions.NAME]`` with ``handler = "MODULE:HANDLER"`` and the same
+keys (``env`` a table, ``layers`` a list of strings).
 
 A function can be run as AWS runs it: ``code_dir`` is its own code (Lambda's /var/task),
 ``layers`` the folders of its unpacked layer zips (each one's ``python`` and
@@ -66,6 +66,9 @@ class FunctionConfig:
     sqs_queue_url: str = ""
     sqs_batch_size: int = 10
     sqs_batching_window: float = 0.0
+    #: batches the SQS event source runs at once at most (the mapping's
+    #: ScalingConfig.MaximumConcurrency); 0: as many as the function's concurrency
+    sqs_max_concurrency: int = 0
     report_batch_item_failures: bool = True
     #: the function's own code folder (Lambda's /var/task, LAMBDA_TASK_ROOT); "" for none
     code_dir: str = ""

@@ -69,10 +69,14 @@ class SqsPoller:
         self.batches = 0
 
     async def run(self) -> None:
-        """Poll with several concurrent receivers (Lambda scales its pollers with load)."""
+        """Poll with several concurrent receivers (Lambda scales its pollers with load),
+        each invoking one batch at a time: at most the mapping's maximum concurrency."""
         loop = asyncio.get_running_loop()
         arn = await loop.run_in_executor(None, self._queue_arn)
-        receivers = max(1, min(MAX_RECEIVERS, self.function.config.concurrency))
+        config = self.function.config
+        receivers = max(1, min(MAX_RECEIVERS, config.concurrency))
+        if config.sqs_max_concurrency:
+            receivers = min(receivers, config.sqs_max_concurrency)
         await asyncio.gather(*(self._poll(arn) for _ in range(receivers)))
 
     async def _poll(self, arn: str) -> None:
