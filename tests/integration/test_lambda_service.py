@@ -396,6 +396,20 @@ def test_courierflow_lambda_logs_prints_the_functions_log(service: Service) -> N
     assert "REPORT RequestId:" in result.stdout
 
 
+def start_polling_service(tmp: Path, moto_server: str, *args: str) -> Service:
+    """The service, its SQS event sources polling moto's server (the endpoint variable
+    set for it alone)."""
+    env_backup = os.environ.get("AWS_ENDPOINT_URL_SQS")
+    os.environ["AWS_ENDPOINT_URL_SQS"] = moto_server
+    try:
+        return start_service(tmp, *args)
+    finally:
+        if env_backup is None:
+            del os.environ["AWS_ENDPOINT_URL_SQS"]
+        else:
+            os.environ["AWS_ENDPOINT_URL_SQS"] = env_backup
+
+
 @pytest.mark.timeout(90)
 def test_sqs_event_source_mapping_deletes_successes_and_keeps_reported_failures(
     tmp_path: Path, moto_server: str
@@ -404,18 +418,10 @@ def test_sqs_event_source_mapping_deletes_successes_and_keeps_reported_failures(
     url = sqs.create_queue(QueueName="esm-test", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
     for i in range(5):
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": i, "bad": i == 3}))
-    env_backup = os.environ.get("AWS_ENDPOINT_URL_SQS")
-    os.environ["AWS_ENDPOINT_URL_SQS"] = moto_server
-    try:
-        svc = start_service(
-            tmp_path, "--function", "batch=samples:sqs_batch",
-            "--event-source-sqs", f"batch={url}", "--set", "batch.sqs_batch_size=10",
-        )  # fmt: skip
-    finally:
-        if env_backup is None:
-            del os.environ["AWS_ENDPOINT_URL_SQS"]
-        else:
-            os.environ["AWS_ENDPOINT_URL_SQS"] = env_backup
+    svc = start_polling_service(
+        tmp_path, moto_server, "--function", "batch=samples:sqs_batch",
+        "--event-source-sqs", f"batch={url}", "--set", "batch.sqs_batch_size=10",
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 40
         while svc.log("batch").count("'bad': True") < 2:  # the failure came back once more
@@ -441,20 +447,12 @@ def test_sqs_event_source_runs_at_most_its_maximum_concurrency(
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": i}))
     overlap = tmp_path / "overlap.txt"
     limit = ["--set", f"capped.sqs_max_concurrency={cap}"] if cap else []
-    env_backup = os.environ.get("AWS_ENDPOINT_URL_SQS")
-    os.environ["AWS_ENDPOINT_URL_SQS"] = moto_server
-    try:
-        svc = start_service(
-            tmp_path, "--function", "capped=samples:sqs_overlap",
-            "--event-source-sqs", f"capped={url}", "--set", "capped.sqs_batch_size=1",
-            "--set", "capped.concurrency=8", "--set", f"capped.env.OVERLAP_FILE={overlap}",
-            *limit,
-        )  # fmt: skip
-    finally:
-        if env_backup is None:
-            del os.environ["AWS_ENDPOINT_URL_SQS"]
-        else:
-            os.environ["AWS_ENDPOINT_URL_SQS"] = env_backup
+    svc = start_polling_service(
+        tmp_path, moto_server, "--function", "capped=samples:sqs_overlap",
+        "--event-source-sqs", f"capped={url}", "--set", "capped.sqs_batch_size=1",
+        "--set", "capped.concurrency=8", "--set", f"capped.env.OVERLAP_FILE={overlap}",
+        *limit,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not overlap.exists() or overlap.read_text().count("end") < 12:
