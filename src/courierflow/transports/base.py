@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from courierflow.config import SQS_MAX_WAIT_S
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
@@ -109,7 +111,7 @@ def open_transport(
     queue: str,
     region: str | None = None,
     sqs_client: Any = None,
-    sqs_wait_s: int | None = None,
+    sqs_wait_s: int = SQS_MAX_WAIT_S,
 ) -> Transport:
     """The transport a queue URL names.
 
@@ -128,8 +130,6 @@ def open_transport(
     if url.startswith(("sqs://", "https://", "http://")):
         from courierflow.transports.sqs import SQSTransport
 
-        if sqs_wait_s is None:
-            return SQSTransport(url, client=sqs_client, region=region)
         return SQSTransport(url, client=sqs_client, region=region, wait_time_s=sqs_wait_s)
     raise ConfigError(
         f"unknown queue URL {url!r}: use amqp://user:pass@host:5672/vhost for RabbitMQ "

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,19 +26,11 @@ RUNTIME_PACKAGES = ("boto3",)
 
 @dataclass
 class StackView:
-    """The deployed stack: its (transformed) resources, their physical ids, and the
-    parameters it was deployed with."""
+    """The deployed stack: its (transformed) resources, with the parameters it was
+    deployed with filled in, and their physical ids."""
 
     resources: dict[str, Any]
     physical: dict[str, str]
-    parameters: dict[str, str] = field(default_factory=dict)
-
-    def value(self, node: Any) -> Any:
-        """A property's value, a parameter's ``Ref`` replaced by what the stack was given
-        (the SAM transform resolves them in what it generates, not in plain resources)."""
-        if isinstance(node, dict) and list(node) == ["Ref"] and node["Ref"] in self.parameters:
-            return self.parameters[node["Ref"]]
-        return node
 
     def of_type(self, kind: str) -> dict[str, Any]:
         return {k: v for k, v in self.resources.items() if v["Type"] == kind and k in self.physical}
@@ -133,9 +125,7 @@ def _event_source(rehearsal: Rehearsal, view: StackView, function: str) -> dict[
         return {
             "sqs_queue_url": _queue_url(sqs, view, props["EventSourceArn"]),
             "sqs_batch_size": int(props.get("BatchSize", 10)),
-            "sqs_max_concurrency": int(
-                view.value(props.get("ScalingConfig", {}).get("MaximumConcurrency", 0))
-            ),
+            "sqs_max_concurrency": int(props.get("ScalingConfig", {}).get("MaximumConcurrency", 0)),
             "report_batch_item_failures": "ReportBatchItemFailures"
             in props.get("FunctionResponseTypes", []),
         }

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 
 from courierflow.aws.imds import MetadataService
+from courierflow.aws.network import resolve
 from courierflow.aws.rehearsal.account import (
     AMI_PARAMETER,
     CREDENTIALS,
@@ -162,7 +163,9 @@ class Rehearsal:
         parameters = {
             p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])
         }
-        return StackView(template["Resources"], physical, parameters)
+        # parameters and conditions resolved, as CloudFormation applied them (the SAM
+        # transform resolves them only in what it generates, not in plain resources)
+        return StackView(resolve(template, parameters), physical)
 
     def boot_instance(self, view: StackView) -> None:
         """Run the deployed instance's user data into the scratch root, then (re)start
