@@ -8,6 +8,7 @@ Each bridge names the gap; remove it when moto closes the gap.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 
@@ -124,6 +125,31 @@ def updates_leave_resources_whose_condition_is_false() -> None:
     ResourceMap.build_resource_diff = build_resource_diff  # type: ignore[method-assign]
 
 
+def dynamodb_requests_are_atomic() -> None:
+    """Every DynamoDB write of one item is atomic and a conditional write checks its
+    condition and writes as one step (Amazon DynamoDB Developer Guide, "Condition
+    expressions" and "Read consistency"): no reader sees half an item, and of two
+    conditional creates of one key only one succeeds. moto 5.2 checks a condition, then
+    stores an empty item for a new key, then applies the update to it in place, with no
+    lock, and its server answers on many threads: a reader could see an item with its
+    key alone (CI met it once: ``courierflow submit`` read a file record without its
+    bucket) and two ``attribute_not_exists`` creates could both pass. One request at a
+    time is enough for moto's in-memory tables."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    original = DynamoHandler.call_action
+    if getattr(original, "_courierflow_bridge", False):
+        return
+    one_at_a_time = threading.RLock()
+
+    def call_action(self: Any) -> Any:
+        with one_at_a_time:
+            return original(self)
+
+    call_action._courierflow_bridge = True  # type: ignore[attr-defined]
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+
+
 def apply_all() -> None:
     """Every bridge of this module."""
     layer_version_ref_is_its_arn()
@@ -131,6 +157,7 @@ def apply_all() -> None:
     change_sets_set_the_stacks_outputs()
     functions_keep_their_layers()
     updates_leave_resources_whose_condition_is_false()
+    dynamodb_requests_are_atomic()
 
 
 def main() -> None:
